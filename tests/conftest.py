@@ -1,0 +1,37 @@
+"""Shared fixtures. Tiny-model builders live in tests/tiny_*.py (importable: pytest puts
+tests/ on the path via pyproject's ``pythonpath``)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    """A fresh standalone models dir (what --models-dir / $SCIENCE_T2I_MODELS point to)."""
+    from science_t2i.nodes import _comfy
+    d = tmp_path / "models"
+    d.mkdir()
+    monkeypatch.setenv("SCIENCE_T2I_MODELS", str(d))
+    _comfy.set_models_dir(None)
+    yield d
+    _comfy.set_models_dir(None)
+
+
+@pytest.fixture
+def comfy(tmp_path):
+    """Run with stub ComfyUI modules installed (folder_paths, comfy.model_management, ...)."""
+    from comfy_stub import install_comfy_stub, uninstall_comfy_stub
+    d = tmp_path / "comfy_models"
+    d.mkdir()
+    state = install_comfy_stub(d)
+    state.models_dir = d
+    yield state
+    uninstall_comfy_stub()

@@ -1,0 +1,1 @@
+"""One module per ``science-t2i`` subcommand (see training/cli.py)."""
