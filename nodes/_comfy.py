@@ -116,6 +116,14 @@ def folder_paths_for(kind: str) -> list[Path]:
     return [models_dir() / _subdir(kind)]
 
 
+def output_directory() -> Path:
+    """Where saved images go: ComfyUI's output folder, else $SCIENCE_T2I_OUTPUT or ./output."""
+    if IN_COMFY:
+        return Path(folder_paths.get_output_directory())
+    env = os.environ.get("SCIENCE_T2I_OUTPUT")
+    return Path(env).expanduser().resolve() if env else Path.cwd() / "output"
+
+
 def default_folder(kind: str) -> Path:
     return folder_paths_for(kind)[0]
 
