@@ -275,17 +275,15 @@ def normalise_state_dict(sd: dict[str, torch.Tensor],
             out.unrecognised.append(key)
             continue
         module_key = m.group("module")
-        if m.group("adapter"):
-            module_key_label = " + adapter names"
-        else:
-            module_key_label = ""
         src = sources.get(module_key)
         if src is None:
             fmt, diff, bfl = _classify(module_key)
             if diff is None and bfl is None:
                 out.unrecognised.append(key)
                 continue
-            src = sources[module_key] = SourceModule(module_key, fmt + module_key_label, diff, bfl)
+            src = sources[module_key] = SourceModule(module_key, fmt, diff, bfl)
+        if m.group("adapter") and not src.fmt.endswith(" + adapter names"):
+            src.fmt += " + adapter names"
         role = m.group("peft") or m.group("kohya") or "alpha"
         slot = {"lora_A": "A", "lora_down": "A", "lora_B": "B", "lora_up": "B", "alpha": "alpha"}[role]
         if getattr(src, slot) is not None:
