@@ -19,15 +19,19 @@ def _titled(graph: dict, title: str) -> str | None:
     return None
 
 
-def _png(value: float, size: int = 16, mask: bool = False) -> bytes:
+def _png(value: float, size: int = 16, mask: bool = False, score: float | None = None) -> bytes:
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
     if mask:  # left half white: what MaskToImage -> SaveImage writes for a box mask
         arr = np.zeros((size, size, 3), np.uint8)
         arr[:, : size // 2] = 255
     else:
         arr = np.full((size, size, 3), int(round(value * 255)), np.uint8)
+    info = PngInfo()
+    if score is not None:  # what Save Scored Images writes
+        info.add_text("sciscore", json.dumps({"score": score, "rank": 0}))
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
@@ -147,7 +151,9 @@ class FakeComfy:
         images, masks = [], []
         for i in range(k):
             name = f"rollout_{prompt_id[:8]}_{i:05d}_.png"
-            self.files[name] = _png(((seed + i) % 10) / 10)
+            scored = _titled(graph, "Rollout SciScore") is not None
+            self.files[name] = _png(((seed + i) % 10) / 10,
+                                    score=((seed + i) % 10) / 10 if scored else None)
             images.append({"filename": name, "subfolder": "", "type": "output"})
             mname = f"mask_{prompt_id[:8]}_{i:05d}_.png"
             self.files[mname] = _png(0, mask=True)
@@ -155,9 +161,6 @@ class FakeComfy:
         outputs[_titled(graph, "Rollout images")] = {"images": images}
         if _titled(graph, "Rollout masks"):
             outputs[_titled(graph, "Rollout masks")] = {"images": masks}
-        score = _titled(graph, "Rollout SciScore")
-        if score:
-            outputs[score] = {"text": ["scores"], "scores": [((seed + i) % 10) / 10 for i in range(k)]}
         return {prompt_id: {"prompt": [0, prompt_id, graph, {}, [_titled(graph, "Rollout images")]],
                             "outputs": outputs,
                             "status": {"status_str": "success", "completed": True,

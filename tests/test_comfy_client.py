@@ -35,6 +35,8 @@ def test_fill_workflow_sets_the_request_into_the_shipped_graph():
     assert by_title["Rollout latent"]["batch_size"] == 3
     assert (by_title["Rollout latent"]["width"], by_title["Rollout latent"]["height"]) == (256, 256)
     assert by_title["Rollout LoRA"]["lora_name"] == "science_t2i_rollout_000007.safetensors"
+    assert by_title["Rollout SciScore"]["prompt"] == "a rusty hammer"
+    assert by_title["Rollout images"]["prompt"] == "a rusty hammer"
     assert graph != g  # the template is left untouched
 
 

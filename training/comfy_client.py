@@ -7,7 +7,8 @@ queue for the others; the round fails only when no server is left.
 
 The graph (``workflows/api/rollout.json``) marks the nodes this client fills in by their
 ``_meta.title``: "Rollout prompt", "Rollout latent", "Rollout sampler", "Rollout LoRA",
-"Rollout SciScore", "Rollout subject mask", and the outputs "Rollout images" / "Rollout masks".
+"Rollout SciScore", "Rollout subject mask", and the outputs "Rollout images" (Save Scored
+Images: the PNGs carry each SciScore in their "sciscore" text chunk) / "Rollout masks".
 ComfyUI caches node outputs by their inputs, so each round's LoRA gets a new file name.
 """
 from __future__ import annotations
@@ -135,9 +136,10 @@ def fill_workflow(graph: dict, request: RolloutRequest, lora_name: str | None,
             g[lora]["inputs"]["strength_model"] = 0.0
         else:
             g[lora]["inputs"]["lora_name"] = lora_name
-    score = _find(g, TITLE_SCISCORE, required=False)
-    if score is not None and "prompt" in g[score]["inputs"]:
-        g[score]["inputs"]["prompt"] = request.prompt
+    for title in (TITLE_SCISCORE, TITLE_IMAGES):  # SciScore and Save Scored Images take it
+        node = _find(g, title, required=False)
+        if node is not None and "prompt" in g[node]["inputs"]:
+            g[node]["inputs"]["prompt"] = request.prompt
     mask = _find(g, TITLE_MASK, required=False)
     if mask is not None:
         for key in ("subject", "text", "object", "caption"):
@@ -228,11 +230,13 @@ class ComfyRolloutClient:
             time.sleep(self.poll_interval)
         raise ServerFailed(f"{server.url} did not finish within {self.timeout:.0f} s")
 
-    def _fetch_images(self, server: ComfyServer, refs: list[dict]) -> torch.Tensor:
-        from PIL import Image
+    def _fetch_images(self, server: ComfyServer,
+                      refs: list[dict]) -> tuple[torch.Tensor, list[dict[str, str]]]:
+        """The images of a history output and their PNG text chunks."""
         import io
+        from PIL import Image
         from ..nodes.images import from_pil
-        out = []
+        out, texts = [], []
         for ref in refs:
             query = urllib.parse.urlencode({"filename": ref["filename"],
                                             "subfolder": ref.get("subfolder", ""),
@@ -241,8 +245,11 @@ class ComfyRolloutClient:
             if status != 200:
                 raise ServerFailed(f"{server.url} could not serve image {ref['filename']} "
                                    f"(HTTP {status})")
-            out.append(from_pil(Image.open(io.BytesIO(raw))))
-        return torch.cat(out)
+            img = Image.open(io.BytesIO(raw))
+            img.load()
+            texts.append(dict(getattr(img, "text", {}) or {}))
+            out.append(from_pil(img))
+        return torch.cat(out), texts
 
     def _run_one(self, server: ComfyServer, request: RolloutRequest,
                  lora_name: str | None) -> ServerRollout:
@@ -250,20 +257,15 @@ class ComfyRolloutClient:
         outputs = self._wait(server, self._submit(server, graph))
         images_id = _find(graph, TITLE_IMAGES)
         masks_id = _find(graph, TITLE_MASKS, required=False)
-        score_id = _find(graph, TITLE_SCISCORE, required=False)
         refs = outputs.get(images_id, {}).get("images", [])
         if len(refs) != request.num_images:
             raise ServerFailed(f"{server.url} returned {len(refs)} images for a request of "
                                f"{request.num_images}")
-        images = self._fetch_images(server, refs)
+        images, texts = self._fetch_images(server, refs)
         masks = None
         if masks_id is not None and outputs.get(masks_id, {}).get("images"):
-            masks = (self._fetch_images(server, outputs[masks_id]["images"])[..., 0] > 0.5).float()
-        scores = None
-        if score_id is not None:
-            raw = outputs.get(score_id, {}).get("scores")
-            if raw is not None:
-                scores = torch.tensor([float(s) for s in raw], dtype=torch.float32)
+            masks = (self._fetch_images(server, outputs[masks_id]["images"])[0][..., 0] > 0.5).float()
+        scores = _scores_from_png_text(texts)
         return ServerRollout(request.index, images, masks, scores, server.url)
 
     # --- the round ---------------------------------------------------------------------------
@@ -311,6 +313,17 @@ class ComfyRolloutClient:
                 f"{len(requests)} prompts done): {details}. Check that each server runs with this "
                 "pack installed and has the models named in the rollout workflow.")
         return [state.results[r.index] for r in requests]
+
+
+def _scores_from_png_text(texts: list[dict[str, str]]) -> torch.Tensor | None:
+    """SciScore values that Save Scored Images wrote into each PNG ("sciscore" text chunk)."""
+    scores = []
+    for t in texts:
+        try:
+            scores.append(float(json.loads(t["sciscore"])["score"]))
+        except (KeyError, ValueError, TypeError):
+            return None
+    return torch.tensor(scores, dtype=torch.float32)
 
 
 def _describe_error(reply: dict) -> str:
