@@ -1,0 +1,75 @@
+"""Rectified-flow training maths for FLUX: noise levels, noisy inputs, targets, loss.
+
+With x0 the (scaled) VAE latent, noise ~ N(0, I) and sigma in (0, 1):
+    x_t = (1 - sigma) x0 + sigma * noise,   target velocity = noise - x0,
+and the transformer, given x_t and timestep = sigma, is trained by mean squared error against
+the target. Latent packing (2x2 patches) and the positional image ids are shared with the
+sampler (``flux_sampler``) so training and sampling cannot disagree on the layout.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from ..nodes.errors import ScienceT2IError
+from .flux_sampler import latent_image_ids, pack_latents, unpack_latents
+
+__all__ = ["SIGMA_SAMPLERS", "flow_matching_loss", "flow_target", "latent_image_ids",
+           "noisy_latents", "pack_latents", "sample_sigmas", "text_ids", "unpack_latents"]
+
+SIGMA_SAMPLERS = ("uniform", "logit_normal", "mode")
+
+
+def sample_sigmas(n: int, kind: Literal["uniform", "logit_normal", "mode"] = "uniform", *,
+                  logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``n`` noise levels in (0, 1), float32 on the generator's device (CPU by default).
+
+    - uniform: sigma ~ U(0, 1) (the paper's stage-1 setting);
+    - logit_normal: sigma = sigmoid(z), z ~ N(logit_mean, logit_std^2) (SD3);
+    - mode: sigma = 1 - u - s (cos^2(pi u / 2) - 1 + u), u ~ U(0, 1) (SD3's mode sampling,
+      s = ``mode_scale``; s = 0 is uniform, larger s puts more mass at mid noise).
+    """
+    device = generator.device if generator is not None else "cpu"
+    if kind == "uniform":
+        u = torch.rand(n, generator=generator, device=device)
+    elif kind == "logit_normal":
+        z = torch.randn(n, generator=generator, device=device) * logit_std + logit_mean
+        u = torch.sigmoid(z)
+    elif kind == "mode":
+        if not -1.0 <= mode_scale <= 2.0 / (math.pi - 2.0):
+            # outside this range the map is not monotone and leaves [0, 1]
+            raise ScienceT2IError(f"mode_scale must be in [-1, {2 / (math.pi - 2):.3f}]; got "
+                                  f"{mode_scale}.")
+        u = torch.rand(n, generator=generator, device=device)
+        u = 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    else:
+        raise ScienceT2IError(f"unknown timestep sampler {kind!r}; use one of "
+                              f"{', '.join(SIGMA_SAMPLERS)}.")
+    # keep strictly inside (0, 1): sigma = 0 or 1 gives a degenerate (pure data/noise) input
+    return u.clamp(1e-5, 1 - 1e-5)
+
+
+def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - sigma) x0 + sigma * noise, sigma of shape [B] broadcast over the rest."""
+    s = sigma.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return (1 - s) * x0 + s * noise
+
+
+def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The rectified-flow velocity d x_t / d sigma = noise - x0."""
+    return noise - x0
+
+
+def flow_matching_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per sample, then over the batch (computed in float32)."""
+    err = (pred.float() - target.float()) ** 2
+    return err.reshape(err.shape[0], -1).mean(dim=1).mean()
+
+
+def text_ids(seq_len: int, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """FLUX positional ids of the T5 tokens: all zeros, [seq_len, 3]."""
+    return torch.zeros(seq_len, 3, device=device, dtype=dtype)
