@@ -30,6 +30,7 @@ MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "sciscore": ("sciscore", {".safetensors", "folder"}),
     "grounding-dino": ("grounding-dino", {".safetensors", ".pth", "folder"}),
     "LLM": ("LLM", {"folder"}),
+    "bert-base-uncased": ("bert-base-uncased", {"folder"}),  # GroundingDINO .pth text encoder
 }
 # Folders that belong to ComfyUI itself; standalone we mirror its layout.
 COMFY_FOLDERS = {"loras": "loras", "diffusion_models": "diffusion_models", "vae": "vae",
