@@ -177,7 +177,6 @@ class Normalised:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     alphas: dict[str, float] = field(default_factory=dict)       # module -> alpha
     ranks: dict[str, int] = field(default_factory=dict)          # module -> rank
-    alpha_from_file: dict[str, bool] = field(default_factory=dict)
     formats: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)              # text-encoder keys
     unrecognised: list[str] = field(default_factory=list)
@@ -311,7 +310,7 @@ def normalise_state_dict(sd: dict[str, torch.Tensor],
                 alpha_value = float(default_alpha(src.diffusers, rank)) if default_alpha else float(rank)
             else:
                 alpha_value = alpha
-            _put(out, src.diffusers, A, B, alpha_value, alpha is not None)
+            _put(out, src.diffusers, A, B, alpha_value)
         else:
             prefix, target = _bfl_target(src.bfl)
             alpha_value = float(rank) if alpha is None else alpha
@@ -323,7 +322,7 @@ def normalise_state_dict(sd: dict[str, torch.Tensor],
             else:
                 parts = [(A, B, alpha_value)]
             for mod, (a, b, al) in zip(target.modules, parts):
-                _put(out, prefix + mod, a, b, al, alpha is not None)
+                _put(out, prefix + mod, a, b, al)
         if src.fmt not in out.formats:
             out.formats.append(src.fmt)
     return out
@@ -357,8 +356,7 @@ def _check_pair(src: SourceModule) -> tuple[torch.Tensor, torch.Tensor]:
     return A, B
 
 
-def _put(out: Normalised, module: str, A: torch.Tensor, B: torch.Tensor, alpha: float,
-         alpha_from_file: bool) -> None:
+def _put(out: Normalised, module: str, A: torch.Tensor, B: torch.Tensor, alpha: float) -> None:
     name = f"transformer.{module}"
     if name in out.ranks:
         raise ScienceT2IError(
@@ -369,7 +367,6 @@ def _put(out: Normalised, module: str, A: torch.Tensor, B: torch.Tensor, alpha: 
     out.tensors[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     out.alphas[name] = alpha
     out.ranks[name] = int(A.shape[0])
-    out.alpha_from_file[name] = alpha_from_file
 
 
 def _raise_not_flux(sd: dict[str, torch.Tensor], out: Normalised) -> None:
