@@ -156,7 +156,7 @@ class SciScoreModel:
 
     def encode_images(self, images: ImagesArg) -> torch.Tensor:
         """IMAGE [B,H,W,C] or a list of [H,W,C]/[n,H,W,C] -> L2-normalised float32 [B,D] (CPU)."""
-        views = image_views(images)
+        views = images if _is_views(images) else image_views(images)
         batches = [views[i:i + self.batch_size] for i in range(0, len(views), self.batch_size)]
         self._ready()
         out = []
@@ -211,10 +211,10 @@ class SciScoreModel:
 
         ``prompts``: one string for every image, or a list with one per image.
         """
-        n = count_images(images)
-        texts = parse_prompts(prompts, n)
+        views = image_views(images)  # validate the images before any model work
+        texts = parse_prompts(prompts, len(views))
         text_emb = self.encode_texts(texts)
-        image_emb = self.encode_images(images)
+        image_emb = self.encode_images(_Views(views))
         return self.logit_scale_exp * (text_emb * image_emb).sum(-1)
 
     def probabilities(self, images: ImagesArg, prompt: str) -> torch.Tensor:
@@ -223,6 +223,14 @@ class SciScoreModel:
 
 
 # ----------------------------------------------------------------------------- images
+
+class _Views(list):
+    """Images already validated by ``image_views``."""
+
+
+def _is_views(images: Any) -> bool:
+    return isinstance(images, _Views)
+
 
 def image_views(images: ImagesArg) -> list[torch.Tensor]:
     """Validated [1,H,W,3] views of each image, from an IMAGE batch or a list of images."""

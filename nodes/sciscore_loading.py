@@ -204,7 +204,11 @@ def load_clip_directory(path: str | os.PathLike, dtype: torch.dtype = torch.floa
             f"{folder} has a config.json but no weights (*.safetensors): the download is "
             f"incomplete. Fetch them with `{download_command(DEFAULT_SCISCORE, folder)}`.")
     model.eval().requires_grad_(False)
+    has_vocab = (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
     try:
+        if not has_vocab:  # transformers would quietly build a useless 3-token tokenizer
+            raise FileNotFoundError("no tokenizer.json, vocab.json or merges.txt")
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:
         raise ScienceT2IError(

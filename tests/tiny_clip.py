@@ -151,3 +151,36 @@ def build_tiny_open_clip(folder: str | Path, seed: int = 0,
                            "interpolation": "bicubic", "resize_mode": "shortest"},
     }), encoding="utf-8")
     return path
+
+
+def reference_sciscore(folder: str | Path, images: list, prompts: list[str]) -> torch.Tensor:
+    """SciScore computed the way the paper's evaluation code does it, independently of the
+    pack: CLIPProcessor-style preprocessing (CLIPImageProcessor on PIL images, the tokenizer
+    with padding/truncation to 77), the raw CLIPModel features, L2 normalisation, and
+    exp(logit_scale) * cosine. ``images``: PIL images; ``prompts``: one per image."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    folder = str(folder)
+    model = CLIPModel.from_pretrained(folder).eval()
+    processor = CLIPImageProcessor.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        img = model.get_image_features(pixel_values=pixels)
+        tok = tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        txt = model.get_text_features(**tok)
+        img = getattr(img, "pooler_output", img)
+        txt = getattr(txt, "pooler_output", txt)
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        return model.logit_scale.exp() * (img * txt).sum(-1)
+
+
+def random_uint8_images(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A ComfyUI IMAGE batch [n,H,W,3] with smooth structure and values on the 1/255 grid (so
+    PIL and tensor pipelines see the very same pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 6, 6, generator=g)
+    img = torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear",
+                                          align_corners=False)
+    img = (img + 0.15 * torch.rand(n, 3, height, width, generator=g)).clamp(0, 1)
+    return ((img * 255).round() / 255).permute(0, 2, 3, 1).contiguous()
