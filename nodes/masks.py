@@ -238,13 +238,16 @@ class GroundingDinoModel:
     """A loaded GroundingDINO (either backend) with one ``detect``."""
 
     def __init__(self, model: torch.nn.Module, processor: Any, name: str,
-                 device: torch.device, dtype: torch.dtype, backend: str):
+                 device: torch.device, dtype: torch.dtype, backend: str, image_size: int = 0):
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.name = name
         self.backend = backend  # "transformers" or "original"
         self.dtype = dtype
         self.max_text_len = int(getattr(model.config, "max_text_len", 256))
+        # shorter side / longer-side cap of the resize (the release's 800 / 1333 ratio)
+        self.resize = ({"shortest_edge": image_size, "longest_edge": image_size * 1333 // 800}
+                       if image_size else None)
         self.handle = _comfy.wrap_model(self.model, device)
 
     @property
@@ -287,8 +290,9 @@ class GroundingDinoModel:
                     text_threshold: float) -> Detection:
         h, w = int(image.shape[0]), int(image.shape[1])
         # Channels-first float in 0..1 straight to the processor: no uint8/PIL round trip.
+        kwargs = {"size": self.resize} if self.resize else {}
         pix = self.processor.image_processor(images=[image.permute(2, 0, 1)], do_rescale=False,
-                                             return_tensors="pt")
+                                             return_tensors="pt", **kwargs)
         inputs = {k: v.to(self.device) for k, v in enc.items()}
         pixel_values = pix["pixel_values"].to(self.device, self.dtype)
         pixel_mask = pix.get("pixel_mask")
@@ -354,14 +358,11 @@ def load_grounding_dino(model: str | os.PathLike = DEFAULT_GDINO,
         raise ScienceT2IError(
             f"{path} is neither a transformers GroundingDino folder (with config.json) nor an "
             "original .pth checkpoint.")
-    if image_size:
-        if image_size < 32:
-            raise ScienceT2IError(f"image_size must be 0 (model default) or >= 32, got {image_size}.")
-        processor.image_processor.size = {"shortest_edge": int(image_size),
-                                          "longest_edge": int(image_size * 1333 / 800)}
+    if image_size and image_size < 32:
+        raise ScienceT2IError(f"image_size must be 0 (model default) or >= 32, got {image_size}.")
     net = net.to(dtype=torch_dtype)
     return GroundingDinoModel(net, processor, name=name, device=dev, dtype=torch_dtype,
-                              backend=backend)
+                              backend=backend, image_size=int(image_size))
 
 
 def list_local_models() -> list[str]:

@@ -213,8 +213,13 @@ def to_original_state_dict(hf_state: dict[str, torch.Tensor], decoder_layers: in
         out[name] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
     # What the real file carries besides: the decoder's alias of the shared box head,
     # Swin's relative position indices, BERT's pooler and position ids.
-    for key in [k for k in out if k.startswith("bbox_embed.")]:
-        out["transformer.decoder." + key] = out[key]
+    # The shared box head is one module listed once per decoder layer: state_dict holds it
+    # under every index, and again under the decoder's alias.
+    for key in [k for k in out if k.startswith("bbox_embed.0.")]:
+        for i in range(decoder_layers):
+            name = key.replace("bbox_embed.0.", f"bbox_embed.{i}.", 1)
+            out[name] = out[key]
+            out["transformer.decoder." + name] = out[key]
     for key in [k for k in out if k.endswith("attn.relative_position_bias_table")]:
         out[key.replace("relative_position_bias_table", "relative_position_index")] = \
             torch.zeros(4, 4, dtype=torch.long)
