@@ -47,6 +47,8 @@ class Cfg:
 def test_defaults_file_and_overrides_are_merged_and_typed(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("steps: 3\noptim:\n  lr: 1e-4\n  betas: [0.8, 0.9]\n")
+    assert load_config(Cfg, None, ["name=no"]).name == "no"     # not YAML's false
+    assert load_config(Cfg, None, ["name=0123"]).name == "0123"
     cfg = load_config(Cfg, f, ["optim.use_8bit=true", "name=abc", "seed=7",
                                "targets=to_v,to_out.0", "output_dir=~/x", "sampler=logit_normal"])
     assert cfg.steps == 3 and isinstance(cfg.steps, int)

@@ -60,10 +60,34 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+class _Override:
+    """A command-line value: its YAML reading for typed fields, its raw text for strings
+    (so ``name=no`` stays the string "no" instead of YAML's false)."""
+
+    def __init__(self, raw: str, parsed: Any):
+        self.raw, self.parsed = raw.strip(), parsed
+
+
+def _wants_text(tp: Any) -> bool:
+    if tp is str:
+        return True
+    if typing.get_origin(tp) is typing.Literal:
+        return all(isinstance(a, str) for a in typing.get_args(tp))
+    return False
+
+
 def _coerce(value: Any, tp: Any, name: str) -> Any:
     """Convert a parsed YAML/TOML value (or an override string) to the declared type ``tp``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if isinstance(value, _Override):
+        if origin in (typing.Union, types.UnionType):
+            if value.parsed is None and type(None) in args:
+                return None
+            text_arm = next((a for a in args if _wants_text(a)), None)
+            if text_arm is not None:
+                return _coerce(value.raw, text_arm, name)
+        value = value.raw if _wants_text(tp) else value.parsed
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -178,7 +202,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # a plain string that happens to contain YAML syntax
-    return key.split("."), value
+    return key.split("."), _Override(raw, value)
 
 
 def _set_path(tree: dict[str, Any], cls: type, path: list[str], value: Any) -> None:

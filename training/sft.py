@@ -82,7 +82,7 @@ class TrainSection:
     batch_size: int = 4               # per process and micro-batch
     grad_accum: int = 8
     seed: int = 0
-    mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
+    mixed_precision: Literal["bf16", "fp16", "fp32"] = "bf16"   # fp32 on CPU (see below)
     gradient_checkpointing: bool = True
     guidance: float = 0.0             # FLUX.1-dev guidance embedding value
     timestep_sampling: Literal["uniform", "logit_normal", "mode"] = "uniform"
@@ -161,11 +161,16 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """Mixed precision actually used: on CPU always "no" (fp32), with a warning when bf16/fp16
-    was asked for: CPU half-precision training is slow and not what the paper's numbers use."""
-    if device.type != "cuda" and requested != "no":
+    """Mixed precision actually used, in accelerate's terms ("bf16", "fp16" or "no" = fp32).
+
+    On CPU it is always fp32, with a warning when bf16/fp16 was asked for (the default):
+    half-precision training on CPU is slow and not what the paper's numbers use.
+    """
+    if requested == "fp32":
+        return "no"
+    if device.type != "cuda":
         log.warning("train.mixed_precision=%s needs CUDA; training in fp32 on %s "
-                    "(set train.mixed_precision=no to silence this)", requested, device.type)
+                    "(set train.mixed_precision=fp32 to silence this)", requested, device.type)
         return "no"
     return requested
 
@@ -248,6 +253,9 @@ class SFTTrainer:
                     load_image_tensor(ref, cfg.data.resolution, cfg.data.upscale_small)
 
         transformer = load_transformer(self.model_dir, weight_dtype, self.device)
+        # the LoRA's gaussian init draws from the global RNGs: seed them so runs repeat
+        from accelerate.utils import set_seed
+        set_seed(cfg.train.seed)
         params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
                              cfg.lora.targets)
         if cfg.train.gradient_checkpointing:
