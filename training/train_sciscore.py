@@ -274,7 +274,7 @@ def evaluate_held_out(clip: torch.nn.Module, tokenizer: Any, image_cfg: dict[str
     """The paper's reward accuracy of the current weights on the held-out records."""
     from .evaluate import reward_accuracy
     scorer = training_scorer(clip, tokenizer, image_cfg, device, batch_size)
-    return reward_accuracy(scorer, records)
+    return reward_accuracy(records, scorer, batch_records=max(1, batch_size // 2))
 
 
 def training_scorer(clip: torch.nn.Module, tokenizer: Any, image_cfg: dict[str, Any],
@@ -411,8 +411,9 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
                 result = evaluate_held_out(unwrapped, tokenizer, image_cfg, held_records,
                                            device, cfg.eval.batch_size)
             unwrapped.train(was_training)
-            acc = float(result["accuracy"])
-            run_log.log(at_step, eval_accuracy=acc, eval_records=len(held_records))
+            acc = float(result["overall"]["accuracy"])
+            run_log.log(at_step, eval_accuracy=acc, eval_records=len(held_records),
+                        eval_by_task={k: v["accuracy"] for k, v in result["by_task"].items()})
             log.info("step %d: held-out accuracy %.4f", at_step, acc)
             if acc > best_acc:
                 best_acc, best_step = acc, at_step
