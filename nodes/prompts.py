@@ -127,6 +127,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ScienceT2I_PromptTaskDetect": "Prompt Task Detect",
 }
 
-__all__ = ["ScienceT2IError", "implicit_to_explicit", "detect_task", "extract_subject",
-           "build_triple", "rewrite_rules", "get_task", "task_codes", "NODE_CLASS_MAPPINGS",
-           "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["ScienceT2IError", "Detection", "Rewrite", "Triple", "NONE_TASK",
+           "implicit_to_explicit", "detect_task", "extract_subject", "noun_phrase",
+           "build_triple", "rewrite_rules", "get_task", "task_codes", "load_knowledge",
+           "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
