@@ -134,3 +134,18 @@ def test_reads_a_file_written_by_diffusers_itself(trained, tmp_path):
     for m, (A, B) in peft_lora(t).items():
         assert lf.alphas[f"transformer.{m}"] == 8.0
         torch.testing.assert_close(lf.delta(f"transformer.{m}"), 2.0 * B @ A)
+
+
+def test_flux_pipeline_load_lora_weights(tmp_path):
+    """The real FluxPipeline.load_lora_weights on a whole (tiny) pipeline loaded from disk."""
+    from diffusers import FluxPipeline
+    from tiny_flux import build_tiny_flux_pipeline
+    from tiny_lora import add_random_lora
+    pipe = build_tiny_flux_pipeline(tmp_path / "flux")
+    trained = add_random_lora(pipe.transformer, rank=2, alpha=6.0)
+    out = forward(trained)
+    path = save_flux_lora(trained, tmp_path / "lora.safetensors", base_model=str(tmp_path / "flux"))
+    fresh = FluxPipeline.from_pretrained(str(tmp_path / "flux"))
+    assert (forward(fresh.transformer) - out).abs().max() > 1e-2
+    fresh.load_lora_weights(str(path))
+    assert (forward(fresh.transformer) - out).abs().max() < 1e-5

@@ -24,9 +24,35 @@ def tiny_transformer(seed: int = 0):
 def tiny_lora_transformer(rank: int = 4, alpha: float = 8.0, seed: int = 0, targets=None,
                           **config):
     """The tiny transformer with a randomly initialised (non-zero) peft LoRA."""
+    return add_random_lora(tiny_transformer(seed), rank, alpha, seed + 1, targets, **config)
+
+
+def tiny_inputs(config=None, seed: int = 3) -> dict:
+    """Fixed inputs for a FluxTransformer2DModel with ``config`` (default: TINY_FLUX)."""
+    c = dict(TINY_FLUX if config is None else config)
+    g = torch.Generator().manual_seed(seed)
+    h = w = 2
+    rows, cols = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3)
+    inputs = dict(hidden_states=torch.randn(1, h * w, c["in_channels"], generator=g),
+                  encoder_hidden_states=torch.randn(1, 3, c["joint_attention_dim"], generator=g),
+                  pooled_projections=torch.randn(1, c["pooled_projection_dim"], generator=g),
+                  timestep=torch.tensor([0.5]), img_ids=img_ids, txt_ids=torch.zeros(3, 3),
+                  return_dict=False)
+    if c.get("guidance_embeds"):
+        inputs["guidance"] = torch.tensor([3.5])
+    return inputs
+
+
+def forward(t) -> torch.Tensor:
+    with torch.no_grad():
+        return t(**tiny_inputs(dict(t.config)))[0]
+
+
+def add_random_lora(t, rank: int = 4, alpha: float = 8.0, seed: int = 1, targets=None, **config):
+    """Attach a peft LoRA with clearly non-zero B to a FluxTransformer2DModel."""
     from peft import LoraConfig
-    t = tiny_transformer(seed)
-    torch.manual_seed(seed + 1)
+    torch.manual_seed(seed)
     t.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets or ALL_TARGETS,
                              init_lora_weights=False, **config))
     # peft's random init leaves B small; make every layer's change clearly visible
@@ -35,23 +61,6 @@ def tiny_lora_transformer(rank: int = 4, alpha: float = 8.0, seed: int = 0, targ
             if "lora_B" in name:
                 p.normal_(0, 0.2)
     return t.eval()
-
-
-def tiny_inputs(seed: int = 3) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    h = w = 2
-    rows, cols = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
-    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3)
-    return dict(hidden_states=torch.randn(1, h * w, 16, generator=g),
-                encoder_hidden_states=torch.randn(1, 3, 16, generator=g),
-                pooled_projections=torch.randn(1, 16, generator=g),
-                timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
-                img_ids=img_ids, txt_ids=torch.zeros(3, 3), return_dict=False)
-
-
-def forward(t) -> torch.Tensor:
-    with torch.no_grad():
-        return t(**tiny_inputs())[0]
 
 
 def peft_lora(t, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
