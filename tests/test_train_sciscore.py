@@ -22,6 +22,16 @@ from tiny_clip import build_tiny_clip
 from tiny_science_scenes import write_science_dataset
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # these models are tiny: a second intra-op thread only adds synchronisation, which on a
+    # busy shared machine makes each step many times slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", image_size=32, seed=0)

@@ -11,6 +11,7 @@ jittered per image, so held-out records are new pictures.
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -95,8 +96,22 @@ def science_records(n_per_kind: int, seed: int, images_per_side: int = 2,
 
 
 def write_science_dataset(folder: str | Path, n_per_kind: int, seed: int, **kw) -> Path:
-    """Write the records as a JSONL dataset folder (data.jsonl + images/); returns the folder."""
-    from science_t2i.training.datasets import write_jsonl_dataset
+    """Write the records as a JSONL dataset folder (data.jsonl + images/, paths relative to
+    the folder, the layout ``write_jsonl_dataset`` produces); returns the folder.
+
+    Written directly rather than through the atomic writer: hundreds of fsyncs would dominate
+    the test time, and a test fixture has nothing to protect."""
     folder = Path(folder)
-    write_jsonl_dataset(science_records(n_per_kind, seed, **kw), folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, rec in enumerate(science_records(n_per_kind, seed, **kw)):
+        for name in ("explicit_image", "superficial_image"):
+            paths = []
+            for k, img in enumerate(rec[name]):
+                rel = f"images/{i:05d}_{name}_{k}.png"
+                img.save(folder / rel)
+                paths.append(rel)
+            rec[name] = paths
+        lines.append(json.dumps(rec))
+    (folder / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
