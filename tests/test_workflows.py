@@ -341,6 +341,17 @@ def test_ui_to_api_follows_the_frontend(defs):
     }
 
 
+def test_links_saved_as_objects_read_the_same(defs):
+    ui = _core_ui_graph()
+    expected = wc.ui_to_api(ui, defs)
+    keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+    ui["links"] = [dict(zip(keys, link)) for link in ui["links"]]
+    assert wc.check_workflow(ui, defs) == []
+    assert wc.ui_to_api(ui, defs) == expected
+    ui["links"][0]["origin_id"] = 42
+    assert "link 1: source node 42 does not exist (dangling link)" in wc.check_workflow(ui, defs)
+
+
 def test_muted_nodes_are_not_queued_and_types_follow_comfyui_rules(defs):
     ui = _core_ui_graph()
     ui["nodes"][4]["mode"] = 2            # muted latent: not part of the queued graph

@@ -288,7 +288,7 @@ def _check_ui(workflow: Mapping, defs: NodeDefs) -> list[str]:
             problems.append(f"node {nid}: the id is used by more than one node")
         nodes[nid] = node
     links: dict[int, list] = {}
-    for link in workflow["links"]:
+    for link in map(_link_list, workflow["links"]):
         if not isinstance(link, (list, tuple)) or len(link) < 6:
             problems.append(f"link {link!r}: expected [id, from_node, from_slot, to_node, "
                             "to_slot, type]")
@@ -393,10 +393,18 @@ def _check_ui(workflow: Mapping, defs: NodeDefs) -> list[str]:
     return problems
 
 
+def _link_list(link: Any) -> Any:
+    """Schema 0.4 saves links as lists; schema 1 as objects. Lists either way."""
+    if isinstance(link, Mapping):
+        return [link.get("id"), link.get("origin_id"), link.get("origin_slot"),
+                link.get("target_id"), link.get("target_slot"), link.get("type")]
+    return link
+
+
 def ui_to_api(workflow: Mapping, defs: NodeDefs) -> dict[str, dict]:
     """The API-format graph a UI workflow queues (active, non-virtual nodes), as the
     frontend builds it: widget values by name, linked inputs as [source_id, slot]."""
-    links = {link[0]: link for link in workflow["links"]}
+    links = {link[0]: link for link in map(_link_list, workflow["links"])}
     api: dict[str, dict] = {}
     for node in workflow["nodes"]:
         type_name = str(node.get("type"))
