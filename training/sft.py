@@ -209,8 +209,11 @@ class SFTTrainer:
         if not cfg.data.path:
             raise ScienceT2IError("data.path is not set; point it at a Science-T2I-format "
                                   "dataset (save_to_disk folder, parquet or JSON/JSONL).")
-        probe = Accelerator(cpu=not torch.cuda.is_available())
-        precision = resolve_precision(cfg.train.mixed_precision, probe.device)
+        from accelerate import PartialState
+        # the device decides the precision; accelerate's state keeps the first precision set,
+        # so ask PartialState (no precision) before creating the Accelerator
+        precision = resolve_precision(cfg.train.mixed_precision,
+                                      PartialState(cpu=not torch.cuda.is_available()).device)
         self.accelerator = acc = Accelerator(mixed_precision=precision,
                                              cpu=not torch.cuda.is_available())
         self.device = acc.device

@@ -1,0 +1,202 @@
+"""Stage-1 SFT speed and memory on CPU, measured side by side in one run.
+
+A small-but-not-tiny random FLUX in the diffusers layout (16 latent channels and an 8x VAE like
+FLUX.1; transformer with 2 double + 4 single blocks, 4 heads x 64; 256 px images -> 256 image
+tokens + 128 T5 tokens) is trained with the pack's SFT trainer in four set-ups:
+cached latents or live encoding, each with and without gradient checkpointing. Each set-up runs
+in its own process (so peak memory is its own) and alternates blocks of trainer steps with
+blocks of a bare loop on the same model and the same kind of inputs:
+``forward -> MSE -> backward -> optimizer.step -> zero_grad`` on one prepared batch. The ratio
+of the two is the trainer's overhead (data, noise, sigma sampling, packing, clipping, logging
+of metrics); with live encoding it includes the VAE and text encoders run every step.
+
+Training peak memory is the process's resident set size, sampled every millisecond from the
+first step on, minus its size just before (activations, gradients, optimizer state, the
+encoders' work when encoding live); the process's max RSS includes the loaded models.
+
+    python benchmarks/train.py [--steps 6] [--rounds 3] [--threads 1] [--batch 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
+
+SETUPS = {  # name: (cache enabled, gradient checkpointing)
+    "cached": (True, False),
+    "cached+gc": (True, True),
+    "live": (False, False),
+    "live+gc": (False, True),
+}
+
+
+def _tiny_flux():
+    # tests/tiny_flux.py holds the builder; it is a plain module, importable from tests/.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tiny_flux", ROOT / "tests" / "tiny_flux.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["tiny_flux"] = mod  # dataclasses look their module up while defining
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build(workdir: Path, res: int) -> tuple[Path, Path]:
+    import numpy as np
+    from PIL import Image
+
+    from science_t2i.training.datasets import write_jsonl_dataset
+    tf = _tiny_flux()
+    spec = tf.TinyFluxSpec(latent_channels=16, vae_blocks=(32, 64, 64, 64), clip_hidden=128,
+                           t5_hidden=256, t5_max_length=128, heads=4, head_dim=64,
+                           axes_dims_rope=(8, 28, 28), num_layers=2, num_single_layers=4,
+                           guidance_embeds=True)
+    tf.build_tiny_flux_pipeline(workdir / "flux", spec)
+    rng = np.random.default_rng(0)
+    records = [{"implicit_prompt": [f"an object under condition {i}", f"scene number {i}"],
+                "explicit_image": [Image.fromarray(rng.integers(0, 255, (res + 16 * i, res, 3),
+                                                                dtype=np.uint8))
+                                   for _ in range(2)]} for i in range(4)]
+    return workdir / "flux", write_jsonl_dataset(records, workdir / "data")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Highest resident set size seen while the block runs (sampled every ms)."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.base = _rss_bytes()
+        self.peak = self.base
+        self._stop = False
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._t.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from science_t2i.training.config import load_config
+    from science_t2i.training.flux_math import flow_matching_loss
+    from science_t2i.training.sft import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(args.threads)
+    cache_on, gc_on = SETUPS[args.child]
+    work = Path(args.workdir)
+    cfg = load_config(SFTConfig, None, [
+        f"model.path={work / 'flux'}", f"data.path={work / 'data' / 'data.jsonl'}",
+        "data.split=null", f"data.resolution={args.res}", f"output_dir={work / args.child}",
+        f"cache.dir={work / 'cache'}", f"cache.enabled={str(cache_on).lower()}",
+        "cache.max_sequence_length=128", "train.mixed_precision=fp32",
+        f"train.batch_size={args.batch}", "train.grad_accum=1", "optim.lr=1e-4",
+        f"train.gradient_checkpointing={str(gc_on).lower()}", "log.progress=false",
+        "train.max_steps=100000"])
+    trainer = SFTTrainer(cfg).setup()
+    model = trainer.transformer
+    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    batch = trainer.model_inputs(*trainer.micro_batch(0))
+    kwargs = {k: v for k, v in batch.items() if k != "target"}
+
+    def bare_step() -> None:
+        pred = model(**kwargs, return_dict=False)[0]
+        flow_matching_loss(pred, batch["target"]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    times: dict[str, list[float]] = {"trainer": [], "bare": []}
+    # peak over everything from the first step on: the trainer's steps come first, so the
+    # peak is theirs (the bare loop reuses the same, already resident memory)
+    with PeakRSS() as mem:
+        for _ in range(2):  # warm-up: allocator, lazy inits, optimizer state
+            trainer.train_step()
+        for _ in range(2):
+            bare_step()
+        for _ in range(args.rounds):
+            for name, fn in (("trainer", trainer.train_step), ("bare", bare_step)):
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    fn()
+                times[name].append((time.perf_counter() - t0) / args.steps * 1000)
+    import resource
+    print(json.dumps({
+        "setup": args.child,
+        "trainer_ms": statistics.median(times["trainer"]),
+        "bare_ms": statistics.median(times["bare"]),
+        "peak_mib": (mem.peak - mem.base) / 2**20,
+        "process_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "transformer_params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "lora_params_m": sum(p.numel() for p in trainer.params) / 1e6,
+    }))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6, help="steps per timed block")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating blocks per side")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--child", choices=list(SETUPS), help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        build(work, args.res)
+        # fill the cache once, outside the measured processes
+        subprocess.run([sys.executable, __file__, "--child", "cached", "--workdir", tmp,
+                        "--steps", "1", "--rounds", "1", "--res", str(args.res),
+                        "--batch", str(args.batch), "--threads", str(args.threads)],
+                       check=True, capture_output=True)
+        rows = []
+        for name in SETUPS:
+            out = subprocess.run([sys.executable, __file__, "--child", name, "--workdir", tmp,
+                                  "--steps", str(args.steps), "--rounds", str(args.rounds),
+                                  "--res", str(args.res), "--batch", str(args.batch),
+                                  "--threads", str(args.threads)],
+                                 check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    r0 = rows[0]
+    print(f"FLUX-shaped random model: {r0['transformer_params_m']:.1f}M transformer params, "
+          f"{r0['lora_params_m']:.3f}M LoRA params; {args.res}px, batch {args.batch}, "
+          f"{args.threads} thread(s), median of {args.rounds} blocks x {args.steps} steps")
+    print(f"{'setup':<11}{'trainer ms/step':>16}{'bare ms/step':>14}{'overhead':>10}"
+          f"{'training peak MiB':>19}{'process max RSS MiB':>21}")
+    for r in rows:
+        over = r["trainer_ms"] / r["bare_ms"] - 1
+        print(f"{r['setup']:<11}{r['trainer_ms']:>16.1f}{r['bare_ms']:>14.1f}{over:>+10.1%}"
+              f"{r['peak_mib']:>19.1f}{r['process_max_rss_mib']:>21.0f}")
+    c, g = rows[0], rows[1]
+    print(f"gradient checkpointing: {g['trainer_ms'] / c['trainer_ms']:.2f}x time, "
+          f"{g['peak_mib'] / max(c['peak_mib'], 1e-9):.2f}x training peak memory "
+          "(cached latents)")
+    print(f"live encoding vs cached: {rows[2]['trainer_ms'] / c['trainer_ms']:.2f}x time per step")
+
+
+if __name__ == "__main__":
+    main()
