@@ -170,7 +170,7 @@ def test_tiny_clip_learns_the_phenomena_and_the_best_model_loads_in_the_node(
 def test_resume_gives_the_same_tensors_as_an_uninterrupted_run(tiny_clip_dir, scenes, tmp_path):
     over = {"optim.lr": 1e-3, "optim.warmup_steps": 2, "optim.max_steps": 6,
             "optim.batch_size": 8, "optim.micro_batch_size": 4, "eval.every": 3,
-            "save_every": 3, "keep_last": 0, "data.eval_limit": 4}
+            "save_every": 3, "keep_last": 0, "data.eval_limit": 4, "plot_curves": False}
     straight = _config(tiny_clip_dir, scenes["train"], scenes["test"], tmp_path / "a", **over)
     ts.train_sciscore(straight)
     split = _config(tiny_clip_dir, scenes["train"], scenes["test"], tmp_path / "b", **over)
@@ -321,3 +321,29 @@ def test_best_folder_write_is_atomic(tiny_clip_dir, tmp_path, monkeypatch):
     assert (target / "model.safetensors").read_bytes() == before  # the old best is intact
     assert json.loads((target / ts.EVAL_FILE).read_text())["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no partial folder left
+
+
+def test_command_line_trains_and_resumes(tiny_clip_dir, scenes, tmp_path, capsys):
+    from science_t2i.training.cli import main
+    cfg = tmp_path / "sciscore.yaml"
+    cfg.write_text(f"data:\n  path: {scenes['train']}\n  split: ''\n  eval_path: {scenes['test']}\n"
+                   f"  eval_split: ''\n  eval_limit: 4\n  num_workers: 1\n"
+                   f"model:\n  init: {tiny_clip_dir}\n  freeze_vision_tower: true\n"
+                   f"optim:\n  batch_size: 4\n  micro_batch_size: 2\n  warmup_steps: 1\n"
+                   f"output_dir: {tmp_path / 'out'}\nprogress: false\nsave_every: 2\n"
+                   "plot_curves: false\n")
+    assert main(["train-sciscore", "--config", str(cfg), "optim.max_steps=2",
+                 "eval.every=2"]) == 0
+    assert "best held-out accuracy" in capsys.readouterr().out
+    assert (tmp_path / "out" / "best" / "model.safetensors").is_file()
+    # extend the finished run by two steps (max_steps may change on resume)
+    assert main(["train-sciscore", "--config", str(cfg), "--resume", "optim.max_steps=4",
+                 "eval.every=2"]) == 0
+    steps = [r["step"] for r in RunLog(tmp_path / "out").records() if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    # the frozen vision tower did not move
+    from safetensors.torch import load_file
+    first = load_file(str(tiny_clip_dir / "model.safetensors"))
+    last = CheckpointManager(tmp_path / "out" / "checkpoints").load()["model"]
+    assert torch.equal(first["visual_projection.weight"], last["visual_projection.weight"])
+    assert not torch.equal(first["text_projection.weight"], last["text_projection.weight"])

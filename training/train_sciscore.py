@@ -105,6 +105,7 @@ class SciScoreTrainConfig:
     keep_last: int = 2              # resumable checkpoints kept (0 = all)
     save_final: bool = False        # also write the last model as a SciScore folder "final"
     progress: bool = True
+    plot_curves: bool = True        # curves.png (loss, accuracies, lr) when the run ends
 
 
 def check_config(cfg: SciScoreTrainConfig, world_size: int = 1) -> int:
@@ -327,7 +328,8 @@ def resume_digest(cfg: SciScoreTrainConfig) -> str:
     d = config_to_dict(cfg)
     keep = {k: d[k] for k in ("data", "model", "loss", "seed", "mixed_precision")}
     keep["optim"] = {k: v for k, v in d["optim"].items() if k != "max_steps"}
-    keep["data"] = {k: v for k, v in d["data"].items() if k != "num_workers"}
+    keep["data"] = {k: v for k, v in d["data"].items()
+                    if k not in ("num_workers", "eval_path", "eval_split", "eval_limit")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -341,10 +343,28 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
     from ..nodes import _comfy
     from ..nodes.sciscore_loading import load_clip_directory, resolve_source
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg),
+                              cpu=not torch.cuda.is_available())
     accum = check_config(cfg, accelerator.num_processes)
     out = Path(cfg.output_dir)
     _seed_everything(cfg.seed)
+
+    # a resume that cannot work fails before the data and model are loaded
+    ckpts = CheckpointManager(out / "checkpoints", keep_last=cfg.keep_last)
+    run_log = RunLog(out)
+    digest = resume_digest(cfg)
+    state = None
+    if resume:
+        latest = ckpts.latest()
+        if latest is None:
+            raise ScienceT2IError(f"--resume: no checkpoint in {ckpts.output_dir}; run without "
+                                  "--resume to start a new run.")
+        state = ckpts.load(latest)
+        if state.get("resume_digest") != digest:
+            raise ScienceT2IError(
+                f"--resume: {latest} was written with different data/model/optim/loss settings; "
+                "resume with the original config (only optim.max_steps, the evaluation, "
+                "checkpoint, logging and loader settings may change) or use a new output_dir.")
 
     train_records, held_records = load_splits(cfg)
     clip, tokenizer, image_cfg = load_clip_directory(resolve_source(cfg.model.init),
@@ -361,21 +381,8 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
     model, optimizer = accelerator.prepare(DualEncoder(clip), optimizer)
     unwrapped = accelerator.unwrap_model(model).clip
 
-    ckpts = CheckpointManager(out / "checkpoints", keep_last=cfg.keep_last)
-    run_log = RunLog(out)
-    digest = resume_digest(cfg)
     step, best_step, best_acc = 0, -1, -1.0
-    if resume:
-        latest = ckpts.latest()
-        if latest is None:
-            raise ScienceT2IError(f"--resume: no checkpoint in {ckpts.output_dir}; run without "
-                                  "--resume to start a new run.")
-        state = ckpts.load(latest)
-        if state.get("resume_digest") != digest:
-            raise ScienceT2IError(
-                f"--resume: {latest} was written with different data/model/optim/loss settings; "
-                "resume with the original config (only optim.max_steps, eval.*, save_every, "
-                "keep_last, data.num_workers and progress may change) or use a new output_dir.")
+    if state is not None:
         unwrapped.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -384,7 +391,8 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
             float(state["best_accuracy"])
         if accelerator.is_main_process:
             run_log.truncate_after(step)
-        log.info("resumed from %s at step %d", latest, step)
+        log.info("resumed from %s at step %d", ckpts.latest(), step)
+        del state
     elif accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if run_log.path.exists():  # a new run in an old folder: start a new log
@@ -429,7 +437,6 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
                 "rng": capture_rng_state(), "best_step": best_step,
                 "best_accuracy": best_acc, "resume_digest": digest,
             })
-            run_log.plot(PLOT_KEYS, out / "curves.png")
         accelerator.wait_for_everyone()
 
     if step == 0 and cfg.eval.at_start:
@@ -489,7 +496,8 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
     if accelerator.is_main_process:
         if step == o.max_steps and cfg.save_final:
             save_sciscore_folder(unwrapped, tokenizer, image_cfg, out / "final")
-        run_log.plot(PLOT_KEYS, out / "curves.png")
+        if cfg.plot_curves:
+            run_log.plot(PLOT_KEYS, out / "curves.png")
     return TrainResult(output_dir=out, steps_done=step,
                        best_dir=(out / BEST_DIR) if (out / BEST_DIR).is_dir() else None,
                        best_step=best_step, best_accuracy=best_acc, history=run_log.records())
