@@ -333,6 +333,11 @@ def extract_subject(prompt: str, task: str | Task | None = None) -> str:
 
 # ---------------------------------------------------------------- rewriting
 
+def _is_plural(phrase: str) -> bool:
+    last = phrase.split()[-1].lower() if phrase.split() else ""
+    return len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is"))
+
+
 def _variant_templates(task: Task, slots: dict[str, str], prompt: str) -> dict[str, str]:
     templates = dict(task.templates)
     for v in task.variants:
@@ -343,6 +348,10 @@ def _variant_templates(task: Task, slots: dict[str, str], prompt: str) -> dict[s
         if hit:
             templates.update({k: v[k] for k in ("implicit", "explicit", "superficial") if k in v})
             break
+    if _is_plural(slots.get("entity", "")):
+        # "a hard {entity}" -> "hard {entity}" for "unripe strawberries"
+        templates = {k: re.sub(r"\b[Aa]n? ((?:[\w,-]+ ){0,4}?)\{entity\}", r"\1{entity}", t)
+                     for k, t in templates.items()}
     return templates
 
 

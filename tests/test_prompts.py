@@ -106,6 +106,13 @@ UNSEEN = [
     ("A few drops of green dye dropped into a beaker of water.", "DI", "beaker"),
     ("A houseplant kept in a windowless closet for a month.", "LR", "flower"),
     ("A feather in zero gravity.", "GR", "feather"),
+    ("A bronze bell that has been exposed to air for centuries.", "RU", "bronze bell"),
+    ("A drop of black coffee spilled on a cotton shirt.", "AB", "black stain"),
+    ("A wooden block dropped into a tank of water.", "BU", "glass"),
+    ("A bottle of milk left outside during an arctic night.", "SO", "bottle"),
+    ("A beaker containing water and mercury.", "IM", "beaker"),
+    ("A television with no electricity in the living room.", "EL", "television"),
+    ("Unripe strawberries in a basket.", "RI", "strawberry"),
 ]
 
 
@@ -163,6 +170,10 @@ def test_rewrites_state_the_visible_outcome():
     assert r.subject == "glass" and "bottom" in r.explicit and "floating" in r.superficial
     r = implicit_to_explicit("A transparent tank filled with water holding a wooden spoon.")
     assert "floating" in r.explicit and "bottom" in r.superficial
+    r = implicit_to_explicit("Unripe strawberries in a basket.")
+    assert r.explicit.startswith("Hard strawberries")  # no "a" before a plural
+    r = implicit_to_explicit("A ripe banana on a plate.")
+    assert r.subject == "banana" and "ripened" in r.explicit and "green" in r.superficial
     # a given task overrides detection
     assert implicit_to_explicit("A rose in a garden.", task="WR").task == "WR"
 
