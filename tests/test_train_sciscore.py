@@ -111,6 +111,14 @@ def test_sample_stream_is_a_function_of_the_sample_number(tiny_clip_dir, scenes)
         assert texts[0].strip() == s.implicit_prompt.lower()
         assert texts[3].strip() == s.explicit_prompt.lower()
         assert texts[6].strip() == s.superficial_prompt.lower()
+        # augmentation (off by default) is reproducible too, and does change the pixels
+        c = SampleStream(records, tok, spec, seed=3, augment=True, num_workers=2)
+        try:
+            p1, p2 = c.batch(list(range(8))).pixel_values, c.batch(list(range(8))).pixel_values
+            assert torch.equal(p1, p2)
+            assert not torch.equal(p1, a.batch(list(range(8))).pixel_values)
+        finally:
+            c.close()
     finally:
         a.close()
         b.close()
