@@ -36,6 +36,7 @@ MAX_NEW_TOKENS = 64
 MIN_WORDS, MAX_WORDS = 3, 60
 
 _cache: dict[str, tuple[Any, Any]] = {}
+_handles: dict[str, Any] = {}  # ComfyUI ModelPatcher (or standalone holder) per model
 _lock = threading.Lock()
 
 
@@ -70,7 +71,10 @@ def load_llm(name: str) -> tuple[Any, Any]:
                     f"cannot load the LLM in {path} ({type(exc).__name__}: {exc}); it must be a "
                     "complete transformers causal LM directory (config, weights, tokenizer).") \
                     from exc
-            model.eval().to(_comfy.torch_device())
+            model.eval()
+            # ComfyUI's model management loads it on demand and may offload it again
+            _handles[key] = _comfy.wrap_model(model, _comfy.torch_device(),
+                                              _comfy.offload_device())
             _cache[key] = (model, tok)
         return _cache[key]
 
@@ -119,10 +123,12 @@ def generate_rewrite(name: str, prompt: str, kind: str, *, task_name: str, princ
     if kind not in INSTRUCTIONS:
         raise ScienceT2IError(f"unknown rewrite kind {kind!r}; use {sorted(INSTRUCTIONS)}.")
     model, tok = load_llm(name)
+    handle = _handles[str(resolve_llm(name).resolve())]
+    _comfy.load_to_device(handle)
     instruction = INSTRUCTIONS[kind].format(task=task_name, principle=principle,
                                             consequence=consequence, subject=subject)
     inputs = tok(_chat_input(tok, instruction, prompt), return_tensors="pt")
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    inputs = {k: v.to(handle.load_device) for k, v in inputs.items()}
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,

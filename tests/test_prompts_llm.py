@@ -15,8 +15,10 @@ from tiny_llm import WORDS, build_tiny_llm
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     prompt_llm._cache.clear()
+    prompt_llm._handles.clear()
     yield
     prompt_llm._cache.clear()
+    prompt_llm._handles.clear()
 
 
 def test_garbage_output_falls_back_to_rules(models_dir, caplog, monkeypatch):
@@ -85,3 +87,15 @@ def test_llm_listed_as_node_backend(models_dir):
 ])
 def test_validate_sentence(text, subject, expected):
     assert prompt_llm.validate_sentence(text, subject) == expected
+
+
+def test_node_inside_comfyui_uses_model_management(comfy, monkeypatch):
+    build_tiny_llm(comfy.models_dir / "LLM" / "tiny-garbage")
+    monkeypatch.setattr(prompt_llm, "MAX_NEW_TOKENS", 4)
+    node = prompts.ScienceT2I_ImplicitToExplicit
+    assert "tiny-garbage" in node.INPUT_TYPES()["required"]["backend"][0]
+    ep, sp, task, subject = node().rewrite("A powerless laptop.", "auto", "tiny-garbage")
+    assert (task, subject) == ("EL", "laptop") and "switched off" in ep
+    # ComfyUI was asked to load the LLM (a ModelPatcher) before each generation
+    assert len(comfy.loaded) == 2
+    assert type(comfy.loaded[0]).__name__ == "ModelPatcher"
