@@ -146,7 +146,8 @@ def test_missing_field_and_image_are_named(tmp_path):
     assert recs[1].explicit_images == []
     write_jsonl_dataset(_rows(), tmp_path / "b")
     (tmp_path / "b" / "images" / "000001_superficial_image_0.png").unlink()
-    with pytest.raises(ScienceT2IError, match=r"record 1 field 'superficial_image'\[0\].*not found"):
+    with pytest.raises(ScienceT2IError,
+                       match=r"record 1 field 'superficial_image'\[0\].*not found"):
         load_records(tmp_path / "b")
     rows = _rows()
     rows[0]["implicit_prompt"] = ["  "]
