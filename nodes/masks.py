@@ -267,21 +267,30 @@ class GroundingDinoModel:
         return enc
 
     @torch.inference_mode()
-    def detect(self, images: torch.Tensor | Sequence[torch.Tensor], text: str,
+    def detect(self, images: torch.Tensor | Sequence[torch.Tensor], text: str | Sequence[str],
                box_threshold: float = BOX_THRESHOLD,
                text_threshold: float = TEXT_THRESHOLD) -> list[Detection]:
         """Detect ``text`` in each image. images: IMAGE [B,H,W,C] or a list of [H,W,C] /
-        [1,H,W,C] tensors (sizes may differ). Each image is processed on its own; progress is
-        reported and a cancel checked per image."""
+        [1,H,W,C] tensors (sizes may differ); text: one subject for all images, or a list with
+        one per image (rollouts of several prompts). Each image is processed on its own;
+        progress is reported and a cancel checked per image."""
         check_thresholds(box_threshold, text_threshold)
-        caption = prepare_caption(text)
-        enc = self.tokenize(caption)
         batch = _image_list(images)
+        texts = [text] * len(batch) if isinstance(text, str) else list(text)
+        if len(texts) != len(batch):
+            raise ScienceT2IError(f"{len(texts)} subjects for {len(batch)} images: give one "
+                                  "subject for all images or one per image.")
+        encoded: dict[str, dict] = {}
+        for t in texts:  # validate every subject before any model work
+            caption = prepare_caption(t)
+            if caption not in encoded:
+                encoded[caption] = self.tokenize(caption)
         _comfy.load_to_device(self.handle)
         results: list[Detection] = []
         with _comfy.Progress(len(batch), desc="GroundingDINO") as bar:
-            for image in batch:
+            for image, t in zip(batch, texts):
                 _comfy.check_interrupt()
+                enc = encoded[prepare_caption(t)]
                 results.append(self._detect_one(image, enc, box_threshold, text_threshold))
                 bar.update(1)
         return results
@@ -335,6 +344,8 @@ def load_grounding_dino(model: str | os.PathLike = DEFAULT_GDINO,
     resize (800 by default; smaller is faster and coarser).
     """
     from .gdino_original import load_original_checkpoint
+    if dtype not in ("auto", "fp32", "fp16", "bf16"):
+        raise ScienceT2IError(f"dtype {dtype!r} is unknown; use auto, fp32, fp16 or bf16.")
     name = str(model)
     path = _comfy.resolve_model("grounding-dino", name) or _local_hub_copy(name)
     if path is None:
@@ -347,7 +358,9 @@ def load_grounding_dino(model: str | os.PathLike = DEFAULT_GDINO,
                 f"GroundingDino folder or groundingdino_swint_ogc.pth + "
                 f"GroundingDINO_SwinT_OGC.cfg.py there, or give a hub id such as {DEFAULT_GDINO}.")
     dev = torch.device(device) if device is not None else _comfy.torch_device()
-    torch_dtype = _comfy.pick_dtype(dev, dtype)
+    # "auto" is fp32 everywhere: the model is small (172M parameters for Swin-T), the
+    # reference detects in fp32, and its thresholds sit on sigmoid scores near 0.25-0.35.
+    torch_dtype = torch.float32 if dtype == "auto" else _comfy.pick_dtype(dev, dtype)
     if path.is_dir():
         net, processor = _load_transformers_dir(path)
         backend = "transformers"
@@ -476,7 +489,7 @@ def masks_from_detections(detections: Sequence[Detection], mode: str = "merge",
     return SubjectMasks(torch.stack(masks), list(detections), boxes, fallback)
 
 
-def subject_masks(model: GroundingDinoModel, images: torch.Tensor, subject: str,
+def subject_masks(model: GroundingDinoModel, images: torch.Tensor, subject: str | Sequence[str],
                   box_threshold: float = BOX_THRESHOLD, text_threshold: float = TEXT_THRESHOLD,
                   mode: str = "merge", padding: int = 0, feather: float = 0.0) -> SubjectMasks:
     """Detect ``subject`` in each image and turn the boxes into masks (the rollout path)."""

@@ -70,6 +70,16 @@ def test_each_image_is_detected_on_its_own(model, images):
     assert (sizes[1].width, sizes[1].height) == (128, 96)
 
 
+def test_one_subject_per_image(model, images):
+    mixed = model.detect(images[:2], ["apple", "ink stain"])
+    assert torch.allclose(mixed[0].scores, model.detect(images[:1], "apple")[0].scores)
+    assert torch.allclose(mixed[1].scores, model.detect(images[1:2], "ink stain")[0].scores)
+    with pytest.raises(ScienceT2IError, match="2 subjects for 3 images"):
+        model.detect(images, ["apple", "glass"])
+    with pytest.raises(ScienceT2IError, match="subject text is empty"):
+        model.detect(images[:2], ["apple", ""])
+
+
 def test_thresholds_filter(model, images):
     low = model.detect(images[:1], "apple", 0.0, 0.0)[0]
     high = model.detect(images[:1], "apple", 0.9, 0.25)[0]
@@ -197,6 +207,12 @@ def test_empty_batch_and_bad_channels(model):
 def test_node_rejects_wrong_model_socket(images):
     with pytest.raises(ScienceT2IError, match="GroundingDINO Loader"):
         masks.ScienceT2I_SubjectMask().run("not a model", images, "apple")
+
+
+def test_dtype_choice(tiny_dir):
+    assert masks.load_grounding_dino(str(tiny_dir)).dtype == torch.float32
+    with pytest.raises(ScienceT2IError, match="dtype 'int8'"):
+        masks.load_grounding_dino(str(tiny_dir), dtype="int8")
 
 
 def test_unknown_model_name(models_dir):
