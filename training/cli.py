@@ -14,7 +14,7 @@ from ..nodes import _comfy
 from ..nodes.errors import ScienceT2IError
 
 # Subcommand modules, in help order.
-COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "validate_workflow", "sft", "train_sciscore"]
+COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "validate_workflow", "sft", "train_sciscore", "dpo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
