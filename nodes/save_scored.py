@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import ScienceT2IError
-from .files import write_bytes_atomic
+from .files import atomic_path
 from .images import to_pil
 
 
@@ -68,6 +69,8 @@ def save_scored_pngs(images: torch.Tensor, prompts: list[str], scores: list[floa
         buf = io.BytesIO()
         to_pil(images[i]).save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
         path = folder / f"{name}_{start + i:05d}.png"
-        write_bytes_atomic(path, buf.getvalue())
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+            os.chmod(tmp, 0o644)  # the temporary file is private (0600); outputs are shared
         paths.append(path)
     return paths

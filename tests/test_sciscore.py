@@ -222,7 +222,7 @@ def test_comfy_loads_through_model_patcher_with_progress(clip_dir, comfy):
     from comfy.model_patcher import ModelPatcher  # the stub the fixture installed
     model = load_sciscore(str(clip_dir), batch_size=2)
     assert isinstance(model.patcher, ModelPatcher)
-    assert model.patcher.model is model.clip
+    assert model.patcher.model.inner is model.clip  # a container ModelPatcher may set attributes on
     scores = model.score(random_uint8_images(5, 32, 32), PROMPTS[0])
     assert scores.shape == (5,)
     assert model.patcher in comfy.loaded  # loaded through comfy.model_management

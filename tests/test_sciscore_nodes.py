@@ -142,6 +142,7 @@ def test_save_node_writes_pngs_with_prompt_and_scores(comfy):
     assert [f.name for f in files] == ["test_00001.png", "test_00002.png", "test_00003.png"]
     assert [d["filename"] for d in res["ui"]["images"]] == [f.name for f in files]
     assert all(d["subfolder"] == "sci" and d["type"] == "output" for d in res["ui"]["images"])
+    assert all(f.stat().st_mode & 0o044 == 0o044 for f in files)  # readable like any output
     with Image.open(files[1]) as img:
         meta = img.text
         pixels = from_pil(img)[0]

@@ -1,0 +1,198 @@
+"""SciScore scoring speed: N images x 1 prompt, measured side by side in one run.
+
+    python benchmarks/score.py [--model DIR] [-n 4] [--input-size 512] [--threads T]
+
+Without --model, a CLIP-H-shaped transformers CLIPModel (laion CLIP-ViT-H-14: vision 32 x 1280,
+16 heads, patch 14, 224 px; text 24 x 1024, 16 heads; projection 1024) with random weights,
+and the real CLIP BPE vocabulary (bundled with open_clip) so prompts have their real length.
+
+Prints, for the pack's path (tensor preprocessing, batched images, text encoded once):
+images/s, achieved GFLOP/s (334.6 GFLOP per 224 px image; a text counts 47.1 GFLOP x its
+tokens / 77), the ratio to this machine's fp32 matmul throughput measured in the same run, and
+the speed-up over a reference-style path (CLIPImageProcessor on PIL images, one model call per
+(prompt, image) pair, the text re-encoded on each call), as the paper's evaluation code does.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+IMAGE_GFLOP = 334.6
+TEXT_GFLOP_77 = 47.1
+PROMPT = ("A butter stick placed on a heated frying pan for several minutes, photographed in a "
+          "kitchen")
+
+
+def clip_h_config():
+    from transformers import CLIPConfig
+    vision = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                  num_attention_heads=16, image_size=224, patch_size=14, hidden_act="gelu",
+                  projection_dim=1024, layer_norm_eps=1e-5)
+    text = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
+                num_hidden_layers=24, num_attention_heads=16, max_position_embeddings=77,
+                hidden_act="gelu", projection_dim=1024, layer_norm_eps=1e-5,
+                bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=1024)
+
+
+def clip_tokenizer():
+    """The real CLIP BPE (open_clip ships it) as a transformers CLIPTokenizer."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+    simple = SimpleTokenizer()
+    vocab = {k: i for k, i in simple.encoder.items() if i < 49406}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = 49406, 49407
+    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)
+    tok.model_max_length = 77
+    return tok
+
+
+def random_clip_h():
+    """CLIP-H with random weights, built on the meta device and filled once (fast init)."""
+    from transformers import CLIPModel
+    config = clip_h_config()
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = CLIPModel(config)
+    model = model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.uniform_(-0.02, 0.02, generator=g)
+        model.logit_scale.fill_(4.6052)
+        for name, buf in model.named_buffers():
+            if name.endswith("position_ids"):
+                buf.copy_(torch.arange(buf.shape[-1]).expand_as(buf))
+    return model.eval().requires_grad_(False)
+
+
+def build_scorer(args):
+    from science_t2i.nodes.clip_preprocess import CLIP_MEAN, CLIP_STD
+    from science_t2i.nodes.sciscore import SciScoreModel, _HFBackend, load_sciscore
+    if args.model:
+        return load_sciscore(args.model, device="cpu", dtype="fp32", batch_size=args.batch_size)
+    backend = _HFBackend(random_clip_h(), clip_tokenizer())
+    return SciScoreModel(backend, name="random CLIP-H", image_size=224, crop_size=224,
+                         mean=CLIP_MEAN, std=CLIP_STD, device=torch.device("cpu"),
+                         dtype=torch.float32, batch_size=args.batch_size)
+
+
+def matmul_gflops(n: int, reps: int) -> float:
+    """Best fp32 GEMM throughput of this machine (n x n x n), in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def reference_processor(scorer):
+    from transformers import CLIPImageProcessor
+    return CLIPImageProcessor(size={"shortest_edge": scorer.image_size},
+                              crop_size={"height": scorer.crop_size, "width": scorer.crop_size},
+                              image_mean=scorer.mean, image_std=scorer.std)
+
+
+def run_reference(scorer, processor, images, prompt) -> tuple[float, torch.Tensor]:
+    """The paper's evaluation style: PIL images through CLIPImageProcessor, one full model
+    call per (prompt, image) pair, the prompt tokenised and encoded again each time."""
+    from science_t2i.nodes.images import to_pil
+    clip, tok = scorer.clip, scorer.tokenizer
+    scores = []
+    t = time.perf_counter()
+    with torch.no_grad():
+        for img in images:
+            pil = to_pil(img)
+            pixels = processor(images=pil, return_tensors="pt")["pixel_values"]
+            text = tok([prompt], padding=True, truncation=True, max_length=77, return_tensors="pt")
+            out = clip(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
+                       pixel_values=pixels)
+            scores.append(out.logits_per_image[0, 0])
+    return time.perf_counter() - t, torch.stack(scores)
+
+
+def run_ours(scorer, images, prompt) -> tuple[float, float, torch.Tensor]:
+    scorer.clear_text_cache()
+    t = time.perf_counter()
+    scores = scorer.score(images, prompt)  # text encoded once, images batched
+    total = time.perf_counter() - t
+    t = time.perf_counter()
+    scorer.encode_images(images)
+    return total, time.perf_counter() - t, scores
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="a SciScore/CLIP folder (default: random CLIP-H)")
+    p.add_argument("-n", "--images", type=int, default=4)
+    p.add_argument("--input-size", type=int, default=512, help="generated images' side (px)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeats", type=int, default=2, help="alternating runs; the best counts")
+    p.add_argument("--matmul-size", type=int, default=2048)
+    args = p.parse_args()
+    os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, "
+          f"{args.images} images of {args.input_size}x{args.input_size} x 1 prompt")
+
+    t = time.perf_counter()
+    scorer = build_scorer(args)
+    n_params = sum(p.numel() for p in scorer.module.parameters())
+    print(f"model: {scorer.name} ({n_params / 1e6:.0f} M parameters), built in "
+          f"{time.perf_counter() - t:.1f} s")
+    tokens = len(scorer.tokenizer(PROMPT, truncation=True, max_length=77)["input_ids"])
+    text_gflop = TEXT_GFLOP_77 * tokens / 77
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(args.images, args.input_size, args.input_size, 3, generator=g)
+    processor = reference_processor(scorer)
+    warm = images[:1]
+    scorer.score(warm, "warm up")
+    run_reference(scorer, processor, warm, "warm up")
+
+    mm_before = matmul_gflops(args.matmul_size, reps=5)
+    ours_total, ours_img, ref_total = [], [], []
+    for _ in range(args.repeats):  # alternate, so background load hits both paths alike
+        total, img_only, s_ours = run_ours(scorer, images, PROMPT)
+        ours_total.append(total)
+        ours_img.append(img_only)
+        rt, s_ref = run_reference(scorer, processor, images, PROMPT)
+        ref_total.append(rt)
+    mm = max(mm_before, matmul_gflops(args.matmul_size, reps=5))  # best of before/after
+
+    n = args.images
+    t_ours, t_img, t_ref = min(ours_total), min(ours_img), min(ref_total)
+    flop_ours = n * IMAGE_GFLOP + text_gflop
+    print(f"prompt: {tokens} tokens -> {text_gflop:.1f} GFLOP per text encode")
+    print(f"fp32 matmul {args.matmul_size}^3: {mm:.1f} GFLOP/s")
+    print(f"ours      : {t_ours:7.2f} s  {n / t_ours:6.3f} images/s  "
+          f"{flop_ours / t_ours:7.1f} GFLOP/s  = {flop_ours / t_ours / mm:.1%} of matmul")
+    print(f"  images only (preprocess + image tower): {n * IMAGE_GFLOP / t_img:7.1f} GFLOP/s"
+          f"  = {n * IMAGE_GFLOP / t_img / mm:.1%} of matmul")
+    print(f"reference : {t_ref:7.2f} s  {n / t_ref:6.3f} images/s  "
+          f"{n * (IMAGE_GFLOP + text_gflop) / t_ref:7.1f} GFLOP/s")
+    print(f"speed-up over the reference path: {t_ref / t_ours:.3f}x")
+    print(f"max |score difference| ours vs reference: {(s_ours - s_ref).abs().max().item():.4f} "
+          f"(scale exp(logit_scale) = {scorer.logit_scale_exp:.1f})")
+    print(f"runs (s): ours {[round(x, 2) for x in ours_total]}, reference "
+          f"{[round(x, 2) for x in ref_total]}, spread {statistics.pstdev(ours_total):.2f} s")
+    if hasattr(os, "getloadavg"):  # other work on the machine skews every figure above
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()
