@@ -210,12 +210,23 @@ class StandaloneHolder:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
 
+class ManagedModule(torch.nn.Module):
+    """The container ComfyUI's ModelPatcher manages. The patcher sets attributes such as
+    ``device`` on its module, which transformers models expose as read-only properties, so it
+    gets this plain holder and moves the real model inside it."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
 def wrap_model(model: torch.nn.Module, load_device: torch.device,
                offload: torch.device | None = None) -> Any:
     """A handle ComfyUI's model management can load and offload (a ModelPatcher in ComfyUI)."""
     offload = offload if offload is not None else offload_device()
     if IN_COMFY and model_patcher is not None:
-        return model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload)
+        holder = model if isinstance(model, ManagedModule) else ManagedModule(model)
+        return model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload)
     return StandaloneHolder(model, load_device, offload)
 
 

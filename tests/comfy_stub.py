@@ -66,6 +66,8 @@ def install_comfy_stub(models_dir: Path) -> types.SimpleNamespace:
     def load_model_gpu(patcher):
         state.loaded.append(patcher)
         patcher.model.to(patcher.load_device)
+        # the real ModelPatcher records the device on the module it manages
+        patcher.model.device = patcher.load_device
 
     def throw_exception_if_processing_interrupted():
         if state.interrupt:
@@ -96,6 +98,10 @@ def install_comfy_stub(models_dir: Path) -> types.SimpleNamespace:
         def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
             self.model, self.load_device, self.offload_device = model, load_device, offload_device
             self.patches = {}
+            # as the real ModelPatcher: a module without ``device`` gets one assigned
+            if not hasattr(model, "device"):
+                model.device = offload_device
+            model.model_loaded_weight_memory = 0
 
         def clone(self):
             n = ModelPatcher(self.model, self.load_device, self.offload_device)
