@@ -10,11 +10,13 @@ blocks of a bare loop on the same model and the same kind of inputs:
 of the two is the trainer's overhead (data, noise, sigma sampling, packing, clipping, logging
 of metrics); with live encoding it includes the VAE and text encoders run every step.
 
-Training peak memory is the process's resident set size, sampled every millisecond from the
-first step on, minus its size just before (activations, gradients, optimizer state, the
-encoders' work when encoding live); the process's max RSS includes the loaded models.
+Times are the process's CPU time per step (with one thread, the compute; other processes on a
+shared machine do not inflate it), median of alternating blocks; wall-clock is shown too.
+Training peak memory is the process's resident set size, sampled every millisecond over the
+first two trainer steps, minus its size just before (activations, gradients, optimizer state,
+the encoders' work when encoding live); the process's max RSS includes the loaded models.
 
-    python benchmarks/train.py [--steps 6] [--rounds 3] [--threads 1] [--batch 1]
+    python benchmarks/train.py [--steps 3] [--rounds 5] [--threads 1] [--batch 1] [--res 256]
 """
 from __future__ import annotations
 
@@ -126,25 +128,29 @@ def child(args: argparse.Namespace) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times: dict[str, list[float]] = {"trainer": [], "bare": []}
-    # peak over everything from the first step on: the trainer's steps come first, so the
-    # peak is theirs (the bare loop reuses the same, already resident memory)
+    # memory first: RSS only shows a peak the first time memory is touched
     with PeakRSS() as mem:
-        for _ in range(2):  # warm-up: allocator, lazy inits, optimizer state
+        for _ in range(2):  # also the warm-up: allocator, lazy inits, optimizer state
             trainer.train_step()
-        for _ in range(2):
-            bare_step()
-        for _ in range(args.rounds):
-            for name, fn in (("trainer", trainer.train_step), ("bare", bare_step)):
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    fn()
-                times[name].append((time.perf_counter() - t0) / args.steps * 1000)
+    for _ in range(2):
+        bare_step()
+    # CPU time of this process: other processes on a shared machine do not inflate it
+    times: dict[str, list[float]] = {"trainer": [], "bare": []}
+    wall: dict[str, list[float]] = {"trainer": [], "bare": []}
+    for _ in range(args.rounds):
+        for name, fn in (("trainer", trainer.train_step), ("bare", bare_step)):
+            t0, w0 = time.process_time(), time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            times[name].append((time.process_time() - t0) / args.steps * 1000)
+            wall[name].append((time.perf_counter() - w0) / args.steps * 1000)
     import resource
     print(json.dumps({
         "setup": args.child,
         "trainer_ms": statistics.median(times["trainer"]),
         "bare_ms": statistics.median(times["bare"]),
+        "trainer_wall_ms": statistics.median(wall["trainer"]),
+        "bare_wall_ms": statistics.median(wall["bare"]),
         "peak_mib": (mem.peak - mem.base) / 2**20,
         "process_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "transformer_params_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -154,8 +160,8 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6, help="steps per timed block")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating blocks per side")
+    ap.add_argument("--steps", type=int, default=3, help="steps per timed block")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating blocks per side")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--res", type=int, default=256)
@@ -184,12 +190,15 @@ def main() -> None:
     r0 = rows[0]
     print(f"FLUX-shaped random model: {r0['transformer_params_m']:.1f}M transformer params, "
           f"{r0['lora_params_m']:.3f}M LoRA params; {args.res}px, batch {args.batch}, "
-          f"{args.threads} thread(s), median of {args.rounds} blocks x {args.steps} steps")
-    print(f"{'setup':<11}{'trainer ms/step':>16}{'bare ms/step':>14}{'overhead':>10}"
+          f"{args.threads} thread(s), median of {args.rounds} alternating blocks x {args.steps} "
+          "steps per side; ms = CPU time per step (wall-clock in brackets)")
+    print(f"{'setup':<11}{'trainer ms/step':>22}{'bare ms/step':>20}{'overhead':>10}"
           f"{'training peak MiB':>19}{'process max RSS MiB':>21}")
     for r in rows:
         over = r["trainer_ms"] / r["bare_ms"] - 1
-        print(f"{r['setup']:<11}{r['trainer_ms']:>16.1f}{r['bare_ms']:>14.1f}{over:>+10.1%}"
+        tw = f"{r['trainer_ms']:.0f} ({r['trainer_wall_ms']:.0f})"
+        bw = f"{r['bare_ms']:.0f} ({r['bare_wall_ms']:.0f})"
+        print(f"{r['setup']:<11}{tw:>22}{bw:>20}{over:>+10.1%}"
               f"{r['peak_mib']:>19.1f}{r['process_max_rss_mib']:>21.0f}")
     c, g = rows[0], rows[1]
     print(f"gradient checkpointing: {g['trainer_ms'] / c['trainer_ms']:.2f}x time, "

@@ -2,6 +2,7 @@
 crash safety, LoRA loading in diffusers, bad inputs."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -110,8 +111,7 @@ def test_overfitting_two_records_lowers_the_loss_and_lora_loads_in_diffusers(
     out = Path(cfg.output_dir)
     logged = [line for line in (out / "log.jsonl").read_text().splitlines() if line]
     assert len(logged) == 30
-    first, last = [__import__("json").loads(x) for x in (logged[0], logged[-1])]
-    assert {"loss", "lr", "it_s", "grad_norm"} <= set(last)
+    assert {"loss", "lr", "it_s", "grad_norm", "sigma_mean"} <= set(json.loads(logged[-1]))
     assert (out / "loss.png").stat().st_size > 1000
     assert len(list((out / "samples").glob("*.png"))) == 1
 
@@ -189,7 +189,6 @@ def test_three_steps_resume_three_steps_equals_six_straight(flux_dir, data_path,
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)   # it did train
-    import json
     steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
 
@@ -348,3 +347,24 @@ def test_paper_defaults():
     assert (cfg.train.batch_size, cfg.train.grad_accum, cfg.data.resolution) == (4, 8, 512)
     assert (cfg.train.mixed_precision, cfg.train.guidance, cfg.train.timestep_sampling) == \
         ("bf16", 0.0, "uniform")
+
+
+def test_optimizer_and_lora_setup(flux_dir, caplog):
+    from science_t2i.training.flux_model import attach_lora, load_transformer, make_optimizer
+    model = load_transformer(flux_dir, torch.float32, torch.device("cpu"))
+    with pytest.raises(ScienceT2IError, match="to_qq"):
+        attach_lora(model, targets=["to_qq"])
+    params = attach_lora(model)
+    lora_a = [p for n, p in model.named_parameters() if "lora_A" in n]
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    # gaussian init: A ~ N(0, 1/r), B = 0 (the adapter starts as the identity)
+    assert all(float(b.detach().abs().max()) == 0 for b in lora_b)
+    a = torch.cat([p.detach().flatten() for p in lora_a])
+    assert float(a.std()) == pytest.approx(1 / 16, rel=0.15)
+    assert {n.split(".lora_A")[0].split("attn.")[-1] for n, _ in model.named_parameters()
+            if "lora_A" in n} == {"to_k", "to_q", "to_v", "to_out.0"}
+    assert sum(p.numel() for p in params) == sum(p.numel() for p in lora_a + lora_b)
+    with caplog.at_level(logging.WARNING):
+        opt = make_optimizer(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8,
+                             use_8bit=True, device=torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW) and "CUDA" in caplog.text
