@@ -104,14 +104,6 @@ class _OpenClipBackend:
         return self.module.encode_text(self.tokenizer(prompts).to(device))
 
 
-class _PatchedModule(torch.nn.Module):
-    """The module ComfyUI's model management moves between devices (the CLIP inside)."""
-
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
-
-
 def _embedding(out: Any) -> torch.Tensor:
     # transformers 5 returns an output object whose pooler_output is the projection; 4.x a tensor
     return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -131,10 +123,7 @@ class SciScoreModel:
         self.mean, self.std = list(mean), list(std)
         self.device, self.dtype = device, dtype
         self.batch_size = int(batch_size)
-        # ComfyUI's ModelPatcher sets attributes such as ``device`` on the module it manages,
-        # which transformers models expose as read-only properties: hand it a plain container.
-        self.patcher = _comfy.wrap_model(_PatchedModule(backend.module), device,
-                                         _comfy.offload_device())
+        self.patcher = _comfy.wrap_model(backend.module, device, _comfy.offload_device())
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     # ------------------------------------------------------------------ properties
