@@ -22,6 +22,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from ..nodes import _comfy
 from ..nodes.errors import ScienceT2IError
+from ..nodes.metrics import normalized_difference, relative_improvement
 from .datasets import ScienceRecord
 
 KINDS = ("ip", "ep", "sp")
@@ -29,22 +30,6 @@ KINDS = ("ip", "ep", "sp")
 
 class Scorer(Protocol):
     def score(self, images: Any, prompts: str | Sequence[str]) -> Any: ...
-
-
-# ---------------------------------------------------------------- metrics
-
-def normalized_difference(ip: float, ep: float, sp: float) -> float | None:
-    """ND = 100 * (IP - SP) / (EP - SP); None when EP equals SP (undefined)."""
-    if ep == sp:
-        return None
-    return 100.0 * (ip - sp) / (ep - sp)
-
-
-def relative_improvement(base_ip: float, base_ep: float, tuned_ip: float) -> float | None:
-    """RI = (F_IP - B_IP) / (B_EP - B_IP) as a fraction; None when B_EP equals B_IP."""
-    if base_ep == base_ip:
-        return None
-    return (tuned_ip - base_ip) / (base_ep - base_ip)
 
 
 @dataclass
