@@ -11,6 +11,7 @@ Run it with ``science-t2i sft --config FILE [key=value ...] [--resume]``; multi-
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -386,7 +387,8 @@ class SFTTrainer:
             sample, g = self.micro_batch(self.step * accum + k)
             inputs = self.model_inputs(sample, g)
             sync = k == accum - 1
-            ctx = acc.no_sync(self.transformer) if not sync else _nullcontext()
+            # across GPUs, gradients are all-reduced only on the last micro-batch
+            ctx = acc.no_sync(self.transformer) if not sync else contextlib.nullcontext()
             with ctx:
                 loss = self.loss_on(inputs)
                 acc.backward(loss / accum)
@@ -529,14 +531,6 @@ class SFTTrainer:
             self.save_samples()
         acc.wait_for_everyone()
         return lora_path
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def train_sft(cfg: SFTConfig, resume: bool = False) -> Path:
