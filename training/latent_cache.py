@@ -197,7 +197,8 @@ def build_cache(records: list["ScienceRecord"], encoders: "FluxEncoders", cache:
     if todo_p or todo_i:
         log.info("latent cache %s: encoding %d prompts and %d images (%d entries cached)",
                  cache.folder, len(todo_p), len(todo_i), len(cache))
-    with Progress(len(todo_p) + len(todo_i), desc="caching", enabled=progress) as bar:
+    with Progress(len(todo_p) + len(todo_i), desc="caching",
+                  enabled=progress and bool(todo_p or todo_i)) as bar:
         for shard_keys in _batched(todo_p, shard_size):
             entries = {}
             for keys in _batched(shard_keys, batch_size):
