@@ -83,18 +83,15 @@ def test_error_responses_are_reported_when_no_server_is_left(tmp_path):
 
 
 def test_masks_and_scores_from_the_graph_outputs(tmp_path):
-    graph = load_workflow(ROLLOUT)
-    graph["90"] = {"class_type": "MaskToImage", "_meta": {"title": "mask image"}, "inputs": {}}
-    graph["91"] = {"class_type": "SaveImage", "_meta": {"title": "Rollout masks"},
-                   "inputs": {"images": ["90", 0], "filename_prefix": "m"}}
     with FakeComfy() as a:
-        c = ComfyRolloutClient([a.url], graph, poll_interval=0.01)
+        c = ComfyRolloutClient([a.url], ROLLOUT, poll_interval=0.01)
         (r,) = c.run_round(requests(1, k=3))
     assert r.masks.shape == (3, 16, 16)
     assert torch.all(r.masks[:, :, :8] == 1) and torch.all(r.masks[:, :, 8:] == 0)
     assert torch.allclose(r.scores, torch.tensor([0.0, 0.1, 0.2]))
     sent = {n["_meta"]["title"]: n["inputs"] for n in a.received[0].values()}
     assert sent["Rollout SciScore"]["prompt"] == "prompt 0"
+    assert sent["Rollout subject mask"]["subject"] == "subject 0"
 
 
 def test_publish_lora_writes_a_new_name_each_round_and_removes_old_ones(tmp_path):

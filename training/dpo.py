@@ -101,7 +101,7 @@ class DPOTrainSection:
     inner_epochs: int = 1
     pairs_per_step: int = 1   # pairs per optimizer step (oft accumulates over all timesteps)
     seed: int = 0
-    mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
+    mixed_precision: Literal["bf16", "fp16", "fp32"] = "bf16"   # fp32 on CPU
     gradient_checkpointing: bool = True
 
 
@@ -192,7 +192,7 @@ def merge_lora_into_weights(transformer: torch.nn.Module, lora: Any) -> int:
     changed = 0
     for module in lora.modules:
         try:
-            layer = transformer.get_submodule(module)
+            layer = transformer.get_submodule(module.removeprefix("transformer."))
         except AttributeError:
             raise ScienceT2IError(f"the SFT LoRA has layer {module!r}, which this FLUX "
                                   "transformer does not; was it trained on another model?")
@@ -203,7 +203,8 @@ def merge_lora_into_weights(transformer: torch.nn.Module, lora: Any) -> int:
 
 
 def stack_loras(first: Any, second: Any) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """One LoRA equal to the sum of two: ranks concatenated, each scale folded into B."""
+    """One LoRA equal to the sum of two: ranks concatenated, each scale folded into B.
+    Keys as in ``LoraFile.tensors`` (``transformer.<module>.lora_A.weight``)."""
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     for module in dict.fromkeys(list(first.modules) + list(second.modules)):
@@ -282,6 +283,7 @@ class DPOTrainer:
             self.sft_lora = read_lora(cfg.model.sft_lora)
             n = merge_lora_into_weights(transformer, self.sft_lora)
             log.info("merged the SFT LoRA (%d layers) into the weights: it is the reference", n)
+        torch.manual_seed(_seed_for(cfg.train.seed, 1))  # the LoRA's initial weights
         params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
                              cfg.lora.targets)
         if cfg.train.gradient_checkpointing:
@@ -536,15 +538,16 @@ class DPOTrainer:
         from collections import Counter
         rank = Counter(ranks.values()).most_common(1)[0][0]
         pattern = {f"^{m}": r for m, r in ranks.items() if r != rank}
+        pattern = {k.replace("^transformer.", "^"): v for k, v in pattern.items()}
         adapter = {"r": rank, "lora_alpha": rank, "rank_pattern": pattern,
-                   "alpha_pattern": dict(pattern), "target_modules": sorted(ranks),
+                   "alpha_pattern": dict(pattern),
+                   "target_modules": sorted(m.removeprefix("transformer.") for m in ranks),
                    "use_rslora": False, "use_dora": False, "lora_bias": False, "bias": "none",
                    "lora_dropout": 0.0, "init_lora_weights": True, "peft_type": "LORA"}
         metadata[DIFFUSERS_METADATA_KEY] = json.dumps(
             {f"transformer.{k}": v for k, v in adapter.items()}, indent=2, sort_keys=True)
         metadata["science_t2i.stacked_on_sft_lora"] = str(self.sft_lora.path.name)
-        save_safetensors_atomic({f"transformer.{k}": v for k, v in tensors.items()}, path,
-                                metadata=metadata)
+        save_safetensors_atomic(tensors, path, metadata=metadata)
         delta_path.unlink(missing_ok=True)
         return path
 

@@ -1,0 +1,329 @@
+"""Stage-2 speed and memory, measured side by side in one run.
+
+A small-but-not-tiny random FLUX in the diffusers layout (16 latent channels and an 8x VAE like
+FLUX.1; transformer with 2 double + 4 single blocks, 4 heads x 64; 256 px -> 256 image tokens
++ 128 T5 tokens; guidance embedding), the same model for every measurement:
+
+1. flow-dpo step / SFT step: the stage-2 trainer's Flow-DPO step on B pairs (reference forward
+   without gradients on 2B samples, policy forward + backward on 2B samples, optimizer step)
+   against a plain SFT step on B samples (forward, flow-matching MSE, backward, gradient
+   clipping, optimizer step) of the same LoRA model. FLOPs: (2 x 3 + 2 x 1) / 3 = 2.67x. Target <= 2.8x.
+2. peak memory of a Flow-DPO step with the adapter-disabled reference (one transformer) against
+   the same step with a deep-copied frozen reference transformer, as the reference
+   implementation does. Each in its own process; memory = the process's peak resident set
+   over setup and two steps, minus its size before the models are loaded. Target <= 0.6x.
+3. sampling with per-step log-probabilities and the kept trajectory against plain sampling
+   (same stochastic sampler, no log-probs, nothing kept). Target <= 1.1x.
+
+On CUDA (``--device cuda``) memory is torch's peak allocated memory instead of RSS.
+Times are the process's CPU time per step on CPU (other processes on a shared machine do not
+inflate it; one thread by default) or wall time with synchronisation on CUDA; median of
+alternating blocks.
+
+    python benchmarks/dpo.py [--rounds 5] [--steps 2] [--pairs 1] [--res 256] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
+
+
+def _tiny_flux():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tiny_flux", ROOT / "tests" / "tiny_flux.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["tiny_flux"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build(workdir: Path) -> None:
+    tf = _tiny_flux()
+    spec = tf.TinyFluxSpec(latent_channels=16, vae_blocks=(32, 64, 64, 64), clip_hidden=128,
+                           t5_hidden=256, t5_max_length=128, heads=4, head_dim=64,
+                           axes_dims_rope=(8, 28, 28), num_layers=2, num_single_layers=4,
+                           guidance_embeds=True)
+    tf.build_tiny_flux_pipeline(workdir / "flux", spec)
+    (workdir / "prompts.json").write_text(json.dumps(
+        [{"prompt": f"an object under condition {i}", "object": "object"} for i in range(8)]))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Highest resident set size seen while the block runs (sampled every ms)."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.base = _rss_bytes()
+        self.peak = self.base
+        self._stop = False
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._t.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _trainer(work: Path, args: argparse.Namespace, objective: str = "flow-dpo"):
+    from science_t2i.training.config import load_config
+    from science_t2i.training.dpo import DPOConfig, DPOTrainer
+    cfg = load_config(DPOConfig, None, [
+        f"model.path={work / 'flux'}", f"rollout.prompts={work / 'prompts.json'}",
+        f"rollout.resolution={args.res}", f"rollout.steps={args.sample_steps}",
+        f"rollout.prompts_per_round={args.pairs}", "rollout.samples_per_prompt=2",
+        "rollout.max_sequence_length=128", f"rollout.batch_size={2 * args.pairs}",
+        "reward.kind=brightness", "mask.enabled=false", f"objective.kind={objective}",
+        f"train.pairs_per_step={args.pairs}", f"train.mixed_precision={args.precision}",
+        "train.gradient_checkpointing=false", "log.progress=false",
+        f"output_dir={work / ('out-' + objective)}"])
+    return DPOTrainer(cfg).setup()
+
+
+def _fake_pairs_batch(trainer, args):
+    """A rollout buffer of random clean latents (B prompts x 2) without sampling."""
+    import torch
+    from science_t2i.training.preference_losses import Pair
+    from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
+    b = args.pairs
+    lh = lw = args.res // trainer.vae_scale
+    c = trainer.model.config.in_channels
+    seq, pooled = trainer.encoders.encode_prompts([f"prompt {i}" for i in range(2 * b)])
+    batch = RolloutBatch([RolloutPrompt(f"prompt {i}", "object") for i in range(b)], 2,
+                         torch.zeros(2 * b, args.res, args.res, 3),
+                         torch.tensor([[1.0, 0.0]] * b),
+                         torch.randn(2 * b, (lh // 2) * (lw // 2), c), seq.float().cpu(),
+                         pooled.float().cpu(), None, lh, lw)
+    return batch, [Pair(i, 0, 1, 1.0) for i in range(b)]
+
+
+class Clock:
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            import torch
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+
+def child_speed(args: argparse.Namespace) -> dict:
+    import torch
+    from science_t2i.training.flux_math import flow_matching_loss
+    from science_t2i.training.flux_sampler import (FluxConditioning, latent_image_ids,
+                                                   predict_velocity, sample_plain,
+                                                   sample_trajectory)
+    torch.set_num_threads(args.threads)
+    work = Path(args.workdir)
+    trainer = _trainer(work, args)
+    dev = trainer.device
+    batch, pairs = _fake_pairs_batch(trainer, args)
+    model = trainer.model
+    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    b = args.pairs
+    # SFT step on B samples of the same model and shapes
+    x0 = batch.final_latents[:b].to(dev)
+    cond = batch.conditioning(list(range(b)), dev)
+    ids = latent_image_ids(batch.latent_height, batch.latent_width, dev)
+    g = torch.Generator().manual_seed(0)
+
+    def sft_step() -> None:
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        sigma = torch.rand(b, generator=g).to(dev)
+        s = sigma.view(-1, 1, 1)
+        with trainer.accelerator.autocast():
+            pred = predict_velocity(model, (1 - s) * x0 + s * noise, sigma, cond, ids)
+        flow_matching_loss(pred, noise - x0).backward()
+        torch.nn.utils.clip_grad_norm_(trainer.params, 1.0)  # as the SFT trainer does
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def dpo_step() -> None:
+        trainer.train_step(batch, pairs)
+
+    sample_cond = batch.conditioning(list(range(2 * b)), dev)
+
+    def with_logprobs() -> None:
+        sample_trajectory(model, sample_cond, height=args.res, width=args.res,
+                          num_steps=args.sample_steps, churn=0.1,
+                          generator=torch.Generator().manual_seed(1),
+                          vae_scale_factor=trainer.vae_scale,
+                          scheduler_config=trainer.scheduler_config)
+
+    def plain() -> None:
+        sample_plain(model, sample_cond, height=args.res, width=args.res,
+                     num_steps=args.sample_steps, churn=0.1,
+                     generator=torch.Generator().manual_seed(1),
+                     vae_scale_factor=trainer.vae_scale,
+                     scheduler_config=trainer.scheduler_config)
+
+    clock = Clock(dev.type)
+    fns = {"sft": sft_step, "flow-dpo": dpo_step, "sample+logprob": with_logprobs,
+           "sample": plain}
+    for f in fns.values():  # warm-up: allocator, lazy inits, optimizer state
+        f()
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    model.eval()
+    for _ in range(args.rounds):
+        for name, f in fns.items():
+            if name in ("sft", "flow-dpo"):
+                model.train()
+            t0 = clock.now()
+            for _ in range(args.steps):
+                f()
+            times[name].append((clock.now() - t0) / args.steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _use_deep_copied_reference(trainer) -> None:
+    """Switch the trainer to the reference implementation's way: a frozen deep copy of the
+    transformer answers the reference forwards."""
+    import contextlib
+
+    import torch
+    from science_t2i.training import dpo as dpo_mod
+    with torch.no_grad():
+        ref = copy.deepcopy(trainer.model)
+    ref.requires_grad_(False)
+    ref.disable_adapters()
+    state = {"ref": False}
+
+    @contextlib.contextmanager
+    def reference_mode(_model):
+        state["ref"] = True
+        try:
+            yield
+        finally:
+            state["ref"] = False
+
+    real_predict = dpo_mod.predict_velocity
+
+    def predict(model, *a, **k):
+        return real_predict(ref if state["ref"] else model, *a, **k)
+    dpo_mod.adapter_disabled = reference_mode
+    dpo_mod.predict_velocity = predict
+    trainer._deep_copied_reference = ref
+
+
+def child_memory(args: argparse.Namespace) -> dict:
+    import torch
+    # libraries first: their code and data are not the training step's memory
+    import accelerate  # noqa: F401
+    import diffusers  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+    from diffusers import AutoencoderKL, FluxTransformer2DModel  # noqa: F401
+    from science_t2i.training import dpo, flux_model, rollouts  # noqa: F401
+    torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    with PeakRSS() as mem:
+        work = Path(args.workdir)
+        trainer = _trainer(work, args)
+        trainer.encoders.release()  # measure the transformer(s) and the step, not the encoders
+        import gc
+        if args.child == "memory-copy":
+            _use_deep_copied_reference(trainer)
+        gc.collect()
+        from science_t2i.training.preference_losses import Pair
+        from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
+        b = args.pairs
+        lh = lw = args.res // trainer.vae_scale
+        c = trainer.model.config.in_channels
+        d = trainer.model.config.joint_attention_dim
+        p = trainer.model.config.pooled_projection_dim
+        batch = RolloutBatch([RolloutPrompt(f"p{i}", "o") for i in range(b)], 2,
+                             torch.zeros(2 * b, 8, 8, 3), torch.tensor([[1.0, 0.0]] * b),
+                             torch.randn(2 * b, (lh // 2) * (lw // 2), c), torch.randn(2 * b, 128, d),
+                             torch.randn(2 * b, p), None, lh, lw)
+        pairs = [Pair(i, 0, 1, 1.0) for i in range(b)]
+        for _ in range(2):
+            trainer.train_step(batch, pairs)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = mem.peak - mem.base
+    weights = sum(t.numel() * t.element_size() for t in trainer.model.parameters())
+    return {"peak_bytes": peak, "policy_param_bytes": weights}
+
+
+def run_child(name: str, args: argparse.Namespace, work: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--workdir", str(work)]
+    for k in ("rounds", "steps", "pairs", "res", "threads", "sample_steps", "device",
+              "precision"):
+        cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=2, help="steps per timed block")
+    ap.add_argument("--pairs", type=int, default=1, help="pairs per Flow-DPO step (= SFT batch)")
+    ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--sample-steps", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--child", default=None)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    if args.child:
+        fn = child_speed if args.child == "speed" else child_memory
+        print(json.dumps(fn(args)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        build(work)
+        speed = run_child("speed", args, work)
+        shared = run_child("memory-shared", args, work)
+        copied = run_child("memory-copy", args, work)
+    mib = 1 / 2 ** 20
+    print(f"model: 2 double + 4 single blocks, 4 heads x 64, {args.res} px, "
+          f"{args.pairs} pair(s) per step, {args.device}, {args.precision}, "
+          f"{args.threads} thread(s)")
+    print(f"SFT step            {speed['sft'] * 1e3:9.1f} ms")
+    print(f"Flow-DPO step       {speed['flow-dpo'] * 1e3:9.1f} ms   "
+          f"ratio {speed['flow-dpo'] / speed['sft']:.2f}x  (target <= 2.8x, FLOPs 2.67x)")
+    print(f"peak memory, adapter-disabled reference {shared['peak_bytes'] * mib:9.1f} MiB")
+    print(f"peak memory, deep-copied reference      {copied['peak_bytes'] * mib:9.1f} MiB   "
+          f"ratio {shared['peak_bytes'] / copied['peak_bytes']:.2f}x  (target <= 0.6x; "
+          f"transformer weights {shared['policy_param_bytes'] * mib:.1f} MiB)")
+    print(f"sampling, plain            {speed['sample'] * 1e3:9.1f} ms")
+    print(f"sampling, with log-probs   {speed['sample+logprob'] * 1e3:9.1f} ms   "
+          f"ratio {speed['sample+logprob'] / speed['sample']:.2f}x  (target <= 1.1x)")
+
+
+if __name__ == "__main__":
+    main()
