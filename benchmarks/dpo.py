@@ -11,7 +11,8 @@ FLUX.1; transformer with 2 double + 4 single blocks, 4 heads x 64; 256 px -> 256
 2. peak memory of a Flow-DPO step with the adapter-disabled reference (one transformer) against
    the same step with a deep-copied frozen reference transformer, as the reference
    implementation does. Each in its own process; memory = the process's peak resident set
-   over setup and two steps, minus its size before the models are loaded. Target <= 0.6x.
+   during two training steps, minus its size before the models were loaded (so: the weights
+   held, plus the step's activations, gradients and optimizer state). Target <= 0.6x.
 3. sampling with per-step log-probabilities and the kept trajectory against plain sampling
    (same stochastic sampler, no log-probs, nothing kept). Target <= 1.1x.
 
@@ -244,32 +245,34 @@ def child_memory(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+    base_rss = _rss_bytes()
+    work = Path(args.workdir)
+    trainer = _trainer(work, args)
+    trainer.encoders.release()  # measure the transformer(s) and the step, not the encoders
+    if args.child == "memory-copy":
+        _use_deep_copied_reference(trainer)
+    import gc
+    gc.collect()
+    from science_t2i.training.preference_losses import Pair
+    from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
+    b = args.pairs
+    lh = lw = args.res // trainer.vae_scale
+    c = trainer.model.config.in_channels
+    d = trainer.model.config.joint_attention_dim
+    p = trainer.model.config.pooled_projection_dim
+    batch = RolloutBatch([RolloutPrompt(f"p{i}", "o") for i in range(b)], 2,
+                         torch.zeros(2 * b, 8, 8, 3), torch.tensor([[1.0, 0.0]] * b),
+                         torch.randn(2 * b, (lh // 2) * (lw // 2), c), torch.randn(2 * b, 128, d),
+                         torch.randn(2 * b, p), None, lh, lw)
+    pairs = [Pair(i, 0, 1, 1.0) for i in range(b)]
+    # the peak while training (weights held + the step's work), not the transient of loading
     with PeakRSS() as mem:
-        work = Path(args.workdir)
-        trainer = _trainer(work, args)
-        trainer.encoders.release()  # measure the transformer(s) and the step, not the encoders
-        import gc
-        if args.child == "memory-copy":
-            _use_deep_copied_reference(trainer)
-        gc.collect()
-        from science_t2i.training.preference_losses import Pair
-        from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
-        b = args.pairs
-        lh = lw = args.res // trainer.vae_scale
-        c = trainer.model.config.in_channels
-        d = trainer.model.config.joint_attention_dim
-        p = trainer.model.config.pooled_projection_dim
-        batch = RolloutBatch([RolloutPrompt(f"p{i}", "o") for i in range(b)], 2,
-                             torch.zeros(2 * b, 8, 8, 3), torch.tensor([[1.0, 0.0]] * b),
-                             torch.randn(2 * b, (lh // 2) * (lw // 2), c), torch.randn(2 * b, 128, d),
-                             torch.randn(2 * b, p), None, lh, lw)
-        pairs = [Pair(i, 0, 1, 1.0) for i in range(b)]
         for _ in range(2):
             trainer.train_step(batch, pairs)
     if cuda:
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = mem.peak - mem.base
+        peak = mem.peak - base_rss
     weights = sum(t.numel() * t.element_size() for t in trainer.model.parameters())
     return {"peak_bytes": peak, "policy_param_bytes": weights}
 
