@@ -281,3 +281,30 @@ def test_paper_defaults_and_the_cli(capsys):
                  "objective.kind=flow-dpo"]) == 0
     text = capsys.readouterr().out
     assert "source: comfy" in text and "kind: flow-dpo" in text
+
+
+# ----------------------------------------------------------------------------- subject masks
+
+def test_masked_oft_with_grounding_dino_subject_masks(flux_dir, prompts, tmp_path):
+    from science_t2i.nodes.masks import load_grounding_dino
+    from tiny_gdino import build_tiny_gdino
+    gdino = build_tiny_gdino(tmp_path / "grounding-dino-tiny-test")
+    cfg = cfg_for(flux_dir, prompts, tmp_path / "m", "mask.enabled=true", f"mask.model={gdino}",
+                  "mask.box_threshold=0.05", "mask.text_threshold=0.05", "train.rounds=1",
+                  "objective.kind=oft")
+    trainer = DPOTrainer(cfg).setup()
+    batch = trainer.source.generate(EVAL_PROMPTS[:2], 2, seed=3)
+    assert batch.latent_masks.shape == (4, 1, 4, 4)
+    # independently: the detector's merged box, cut on the 4x4 latent grid by truncation
+    detector = load_grounding_dino(str(gdino), device="cpu")
+    for i in range(4):
+        (det,) = detector.detect(batch.images[i:i + 1], "apple", 0.05, 0.05)
+        cx, cy, w, h = det.merged_box_cxcywh().tolist()
+        expected = torch.zeros(4, 4)
+        rows = slice(max(int((cy - h / 2) * 4), 0), max(int((cy + h / 2) * 4), 0))
+        cols = slice(max(int((cx - w / 2) * 4), 0), max(int((cx + w / 2) * 4), 0))
+        expected[rows, cols] = 1
+        assert torch.equal(batch.latent_masks[i, 0], expected)
+    trainer.run()
+    losses = [r["loss"] for r in trainer.run_log.records() if "loss" in r]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
