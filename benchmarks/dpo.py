@@ -135,9 +135,8 @@ class Clock:
 def child_speed(args: argparse.Namespace) -> dict:
     import torch
     from science_t2i.training.flux_math import flow_matching_loss
-    from science_t2i.training.flux_sampler import (FluxConditioning, latent_image_ids,
-                                                   predict_velocity, sample_plain,
-                                                   sample_trajectory)
+    from science_t2i.training.flux_sampler import (latent_image_ids, predict_velocity,
+                                                   sample_plain, sample_trajectory)
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
     trainer = _trainer(work, args)

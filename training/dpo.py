@@ -35,9 +35,8 @@ from ..nodes.errors import ScienceT2IError
 from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
 from .config import config_digest, config_to_dict, save_config
 from .flux_math import sample_sigmas
-from .flux_model import LORA_TARGETS
-from .flux_sampler import FluxConditioning, Trajectory, pack_mask, predict_velocity, \
-    latent_image_ids, transition_log_prob
+from .flux_sampler import (Trajectory, latent_image_ids, pack_mask, predict_velocity,
+                           transition_log_prob)
 from .preference_losses import Pair, flow_dpo_loss, flow_matching_inputs, oft_loss, select_pairs
 from .rollouts import RolloutBatch, RolloutPrompt
 from .run_log import RunLog
@@ -222,11 +221,6 @@ def stack_loras(first: Any, second: Any) -> tuple[dict[str, torch.Tensor], dict[
 
 
 # ----------------------------------------------------------------------------- trainer
-
-@contextlib.contextmanager
-def _null() -> Iterator[None]:
-    yield
-
 
 class DPOTrainer:
     """Builds everything from a :class:`DPOConfig`; ``run()`` trains ``train.rounds`` rounds.
