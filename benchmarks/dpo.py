@@ -252,6 +252,7 @@ def child_memory(args: argparse.Namespace) -> dict:
         _use_deep_copied_reference(trainer)
     import gc
     gc.collect()
+    after_setup = _rss_bytes() - base_rss
     from science_t2i.training.preference_losses import Pair
     from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
     b = args.pairs
@@ -273,7 +274,7 @@ def child_memory(args: argparse.Namespace) -> dict:
     else:
         peak = mem.peak - base_rss
     weights = sum(t.numel() * t.element_size() for t in trainer.model.parameters())
-    return {"peak_bytes": peak, "policy_param_bytes": weights}
+    return {"peak_bytes": peak, "policy_param_bytes": weights, "after_setup_bytes": after_setup}
 
 
 def run_child(name: str, args: argparse.Namespace, work: Path) -> dict:
@@ -322,6 +323,8 @@ def main() -> None:
     print(f"peak memory, deep-copied reference      {copied['peak_bytes'] * mib:9.1f} MiB   "
           f"ratio {shared['peak_bytes'] / copied['peak_bytes']:.2f}x  (target <= 0.6x; "
           f"transformer weights {shared['policy_param_bytes'] * mib:.1f} MiB)")
+    print(f"  of which held after setup (weights, LoRA, reference copy): "
+          f"{shared['after_setup_bytes'] * mib:.1f} vs {copied['after_setup_bytes'] * mib:.1f} MiB")
     print(f"sampling, plain            {speed['sample'] * 1e3:9.1f} ms")
     print(f"sampling, with log-probs   {speed['sample+logprob'] * 1e3:9.1f} ms   "
           f"ratio {speed['sample+logprob'] / speed['sample']:.2f}x  (target <= 1.1x)")
