@@ -71,6 +71,5 @@ def save_scored_pngs(images: torch.Tensor, prompts: list[str], scores: list[floa
         path = folder / f"{name}_{start + i:05d}.png"
         with atomic_path(path) as tmp:
             tmp.write_bytes(buf.getvalue())
-            os.chmod(tmp, 0o644)  # the temporary file is private (0600); outputs are shared
         paths.append(path)
     return paths

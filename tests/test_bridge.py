@@ -73,3 +73,20 @@ def test_lora_functions_need_comfy_standalone():
     from science_t2i.nodes.errors import ScienceT2IError
     with pytest.raises(ScienceT2IError, match="needs ComfyUI"):
         _comfy.lora_key_map(object())
+
+
+def test_atomic_writes_get_normal_permissions_and_keep_old_file_on_failure(tmp_path):
+    import os
+    import stat
+    from science_t2i.nodes.files import atomic_path, write_json_atomic
+    target = tmp_path / "out.json"
+    write_json_atomic(target, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == '{\n  "a": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
