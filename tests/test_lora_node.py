@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from test_lora_formats import ALPHA, RANK, _kohya_bfl_names, comfy_key_map
+from lora_formats import ALPHA, RANK, kohya_bfl_names, comfy_key_map
 from tiny_lora import peft_lora, tiny_lora_transformer
 
 from science_t2i.nodes.errors import ScienceT2IError
@@ -40,7 +40,7 @@ def _report_numbers(report):
 
 def test_node_applies_all_layers_of_a_kohya_bfl_lora(comfy, stub_model, layers):
     comfy.lora.key_map = comfy_key_map()
-    name = _put_lora(comfy, _kohya_bfl_names(layers))
+    name = _put_lora(comfy, kohya_bfl_names(layers))
     assert name in ScienceT2I_LoraLoader.INPUT_TYPES()["required"]["lora_name"][0]
     model, report = ScienceT2I_LoraLoader().load(stub_model, name, 0.7)
     n = len(layers)  # 30 linear layers, 3 tensors each (A, B, alpha)
@@ -81,7 +81,7 @@ def test_zero_matches_raise(comfy, stub_model, layers):
 
 def test_strength_zero_reports_without_patching(comfy, stub_model, layers):
     comfy.lora.key_map = comfy_key_map()
-    name = _put_lora(comfy, _kohya_bfl_names(layers))
+    name = _put_lora(comfy, kohya_bfl_names(layers))
     model, report = ScienceT2I_LoraLoader().load(stub_model, name, 0.0)
     assert model is stub_model and comfy.lora_calls == [] and "strength: 0" in report
 
