@@ -114,7 +114,7 @@ class SciScoreModel:
 
     def __init__(self, backend: Any, *, name: str, image_size: int, crop_size: int,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 dtype: torch.dtype, batch_size: int = 16):
+                 dtype: torch.dtype, batch_size: int = 16, compile: bool = False):
         if batch_size < 1:
             raise ScienceT2IError(f"batch_size must be at least 1, got {batch_size}")
         self._backend = backend
@@ -123,6 +123,11 @@ class SciScoreModel:
         self.mean, self.std = list(mean), list(std)
         self.device, self.dtype = device, dtype
         self.batch_size = int(batch_size)
+        # torch.compile of the image tower: opt-in, built on first use; any failure (no
+        # compiler, an unsupported op) falls back to eager for the rest of the model's life
+        self.compile = bool(compile)
+        self._compiled: Any = None
+        self._compile_failed = False
         self.patcher = _comfy.wrap_model(backend.module, device, _comfy.offload_device())
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
@@ -164,10 +169,24 @@ class SciScoreModel:
             for batch in batches:
                 _comfy.check_interrupt()
                 pixels = self._pixels(batch)
-                emb = self._backend.image_features(pixels).float()
+                emb = self._image_features(pixels).float()
                 out.append(F.normalize(emb, dim=-1).cpu())
                 bar.update(1)
         return torch.cat(out)
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.compile and not self._compile_failed:
+            try:
+                if self._compiled is None:
+                    # no weight freezing: the weights stay graph inputs, so training updates
+                    # and ComfyUI's device moves are seen (moves recompile through guards)
+                    self._compiled = torch.compile(self._backend.image_features)
+                return self._compiled(pixels)
+            except Exception as exc:  # compilation happens lazily, inside the first call
+                self._compile_failed, self._compiled = True, None
+                log.warning("SciScore: torch.compile of the image tower failed (%s: %s); "
+                            "encoding without it", type(exc).__name__, exc)
+        return self._backend.image_features(pixels)
 
     def _pixels(self, batch: list[torch.Tensor]) -> torch.Tensor:
         def prep(x: torch.Tensor) -> torch.Tensor:
@@ -257,13 +276,16 @@ def count_images(images: ImagesArg) -> int:
 
 def load_sciscore(model: str | Path = DEFAULT_SCISCORE,
                   device: str | torch.device | None = None, dtype: str = "auto",
-                  batch_size: int = 16, open_clip_arch: str | None = None) -> SciScoreModel:
+                  batch_size: int = 16, open_clip_arch: str | None = None,
+                  compile: bool = False) -> SciScoreModel:
     """Load SciScore from a name in models/sciscore, any path, or a hub id.
 
     A transformers CLIP folder or an open_clip .safetensors file (ViT-H-14 unless an
     ``open_clip_config.json`` beside it or ``open_clip_arch`` says otherwise). ``device``:
     None = ComfyUI's (or CUDA when available); ``dtype``: auto (fp16 on CUDA, fp32 on CPU),
-    fp32, fp16 or bf16.
+    fp32, fp16 or bf16. ``compile``: run the image tower through ``torch.compile`` (fused
+    kernels; the first batch of each new shape pays the compilation, and scoring falls back
+    to eager if compilation fails).
     """
     path = resolve_source(model)
     dev = _comfy.torch_device() if device in (None, "", "auto") else torch.device(device)
@@ -283,7 +305,7 @@ def load_sciscore(model: str | Path = DEFAULT_SCISCORE,
         mean, std = parts.mean, parts.std
     log.info("SciScore %s loaded from %s (%s, %s)", name, path, dev, torch_dtype)
     return SciScoreModel(backend, name=name, image_size=size, crop_size=crop, mean=mean, std=std,
-                         device=dev, dtype=torch_dtype, batch_size=batch_size)
+                         device=dev, dtype=torch_dtype, batch_size=batch_size, compile=compile)
 
 
 # ----------------------------------------------------------------------------- node classes
@@ -328,6 +350,10 @@ class SciScoreLoader:
             "dtype": (["auto", "fp16", "bf16", "fp32"], {"tooltip": "auto: fp16 on CUDA, fp32 on CPU"}),
             "batch_size": ("INT", {"default": 16, "min": 1, "max": 256,
                                    "tooltip": "images encoded per forward pass"}),
+        }, "optional": {
+            "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the image tower: "
+                        "the first run compiles (slow), later runs use fused kernels; falls back "
+                        "to normal execution if compilation fails"}),
         }}
 
     RETURN_TYPES = ("SCISCORE_MODEL",)
@@ -336,8 +362,9 @@ class SciScoreLoader:
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads the SciScore reward model (a CLIP-H fine-tuned for scientific realism)."
 
-    def load(self, model: str, dtype: str = "auto", batch_size: int = 16):
-        return (load_sciscore(model, device=None, dtype=dtype, batch_size=batch_size),)
+    def load(self, model: str, dtype: str = "auto", batch_size: int = 16, compile: bool = False):
+        return (load_sciscore(model, device=None, dtype=dtype, batch_size=batch_size,
+                              compile=compile),)
 
 
 class SciScoreNode:
