@@ -40,7 +40,7 @@ from .flux_sampler import (Trajectory, latent_image_ids, pack_mask, predict_velo
 from .preference_losses import Pair, flow_dpo_loss, flow_matching_inputs, oft_loss, select_pairs
 from .rollouts import RolloutBatch, RolloutPrompt
 from .run_log import RunLog
-from .sft import LoraSection, OptimSection, _DTYPES, _seed_for, resolve_precision
+from .sft import LoraSection, OptimSection, _DTYPES, _seed_for, make_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ class ObjectiveSection:
 class DPOTrainSection:
     rounds: int = 100
     inner_epochs: int = 1
-    pairs_per_step: int = 1   # pairs per optimizer step (oft accumulates over all timesteps)
+    pairs_per_step: int = 1   # pairs per micro-batch (oft accumulates over all timesteps)
+    grad_accum: int = 1       # micro-batches per optimizer step
     seed: int = 0
     mixed_precision: Literal["bf16", "fp16", "fp32"] = "bf16"   # fp32 on CPU
     gradient_checkpointing: bool = True
@@ -149,7 +150,8 @@ class DPOConfig:
                                  ("rollout.batch_size", r.batch_size, 1),
                                  ("train.rounds", t.rounds, 1),
                                  ("train.inner_epochs", t.inner_epochs, 1),
-                                 ("train.pairs_per_step", t.pairs_per_step, 1)):
+                                 ("train.pairs_per_step", t.pairs_per_step, 1),
+                                 ("train.grad_accum", t.grad_accum, 1)):
             if value < low:
                 raise ScienceT2IError(f"{name} must be >= {low}; got {value}.")
         if self.objective.kind == "oft" and r.source == "comfy":
@@ -175,14 +177,25 @@ def resume_digest(cfg: DPOConfig) -> str:
 
 # ----------------------------------------------------------------------------- reference policy
 
+def lora_layers(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer's PEFT adapter layers (found once: walking every module per step costs)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    return [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
+
+
 @contextlib.contextmanager
-def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
-    """The reference policy: the same module with its LoRA adapters switched off (no copy)."""
-    transformer.disable_adapters()
+def adapter_disabled(transformer: torch.nn.Module,
+                     layers: list[torch.nn.Module] | None = None) -> Iterator[None]:
+    """The reference policy: the same module with its LoRA adapters switched off (no copy).
+    ``layers`` (from :func:`lora_layers`) saves searching the module tree each call."""
+    layers = lora_layers(transformer) if layers is None else layers
+    for layer in layers:
+        layer.enable_adapters(False)
     try:
         yield
     finally:
-        transformer.enable_adapters()
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def merge_lora_into_weights(transformer: torch.nn.Module, lora: Any) -> int:
@@ -245,8 +258,6 @@ class DPOTrainer:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> "DPOTrainer":
-        from accelerate import Accelerator
-
         from .flux_model import (FluxEncoders, attach_lora, load_transformer, make_optimizer,
                                  resolve_flux_dir, vae_scale_factor)
         from .rollouts import load_rollout_prompts
@@ -257,10 +268,16 @@ class DPOTrainer:
                                   "{\"prompt\": ..., \"object\": ...} (e.g. the Science-T2I "
                                   "rollout prompt set).")
         self.prompts = load_rollout_prompts(cfg.rollout.prompts)
-        cpu = not torch.cuda.is_available()
-        probe = Accelerator(cpu=cpu)
-        precision = resolve_precision(cfg.train.mixed_precision, probe.device)
-        self.accelerator = acc = Accelerator(mixed_precision=precision, cpu=cpu)
+        # device and mixed precision as in the SFT trainer; one process: the rollouts of a
+        # round and the training on them share the one policy, so N processes would each
+        # sample and train on their own rounds without exchanging anything but gradients
+        acc, precision = make_accelerator(cfg.train.mixed_precision)
+        self.accelerator = acc
+        if acc.num_processes > 1:
+            raise ScienceT2IError(
+                f"stage 2 runs in a single process; it was started with {acc.num_processes} "
+                "(accelerate launch / torchrun). Start it with `science-t2i dpo` on one GPU and "
+                "spread the rollouts over machines with ComfyUI servers (--comfy URL ...).")
         self.device = acc.device
         self.model_dir = resolve_flux_dir(cfg.model.path)
         self.vae_scale = vae_scale_factor(self.model_dir)
@@ -291,7 +308,9 @@ class DPOTrainer:
             optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
         self.transformer, self.optimizer = acc.prepare(transformer, optimizer)
         self.model = acc.unwrap_model(self.transformer)
+        self.lora_layers = lora_layers(self.model)
         self.params = params
+        self._img_ids: dict[tuple[int, int], torch.Tensor] = {}
         self.scheduler_config = dict(_scheduler_config(self.model_dir))
         self.source = self._make_source()
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints",
@@ -412,7 +431,17 @@ class DPOTrainer:
         return ([p.prompt_index * k + p.win for p in pairs],
                 [p.prompt_index * k + p.lose for p in pairs])
 
-    def oft_step(self, batch: RolloutBatch, pairs: list[Pair]) -> dict[str, float]:
+    def _reference(self) -> contextlib.ExitStack:
+        """Context of a reference forward: adapters off, no autograd bookkeeping at all."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(adapter_disabled(self.model, self.lora_layers))
+        stack.enter_context(self.accelerator.autocast())
+        return stack
+
+    def oft_step(self, batch: RolloutBatch, pairs: list[Pair], micro: int = 0,
+                 scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """Backward of one micro-batch's oft loss (times ``scale``); metrics stay tensors."""
         cfg, dev = self.cfg, self.device
         win, lose = self._indices(batch, pairs)
         idx = win + lose
@@ -426,12 +455,13 @@ class DPOTrainer:
         mask = batch.latent_masks[idx].to(dev) if batch.latent_masks is not None else None
         steps = list(range(t.num_steps))
         if cfg.objective.timestep_fraction < 1:
-            g = torch.Generator().manual_seed(_seed_for(cfg.train.seed, 13, self.step))
+            g = torch.Generator().manual_seed(_seed_for(cfg.train.seed, 13, micro))
             keep = max(1, int(round(len(steps) * cfg.objective.timestep_fraction)))
             steps = sorted(torch.randperm(len(steps), generator=g)[:keep].tolist())
         losses, wins, clipped = [], [], []
+        clip = math.log(1 + cfg.objective.eps)
         for j in steps:
-            with torch.no_grad(), adapter_disabled(self.model), self.accelerator.autocast():
+            with self._reference():
                 lp_ref = transition_log_prob(self.model, sel, j, cond, mask=mask,
                                              guidance=cfg.rollout.guidance)
             with self.accelerator.autocast():
@@ -439,64 +469,77 @@ class DPOTrainer:
                                          guidance=cfg.rollout.guidance)
             loss = oft_loss(lp[:b], lp_ref[:b], lp[b:], lp_ref[b:], eps=cfg.objective.eps,
                             beta=cfg.objective.beta)
-            self.accelerator.backward(loss / len(steps))
+            self.accelerator.backward(loss * (scale / len(steps)))
             with torch.no_grad():
                 ratio = (lp - lp_ref).float()
-                wins.append(float((ratio[:b] > ratio[b:]).float().mean()))
-                clipped.append(float((ratio.abs() > math.log(1 + cfg.objective.eps)).float().mean()))
-            losses.append(float(loss.detach()))
-        return {"loss": sum(losses) / len(losses), "win_rate": sum(wins) / len(wins),
-                "clip_frac": sum(clipped) / len(clipped)}
+                wins.append((ratio[:b] > ratio[b:]).float().mean())
+                clipped.append((ratio.abs() > clip).float().mean())
+            losses.append(loss.detach())
+        return {"loss": torch.stack(losses).mean(), "win_rate": torch.stack(wins).mean(),
+                "clip_frac": torch.stack(clipped).mean()}
 
-    def flow_dpo_step(self, batch: RolloutBatch, pairs: list[Pair]) -> dict[str, float]:
+    def _image_ids(self, batch: RolloutBatch) -> torch.Tensor:
+        key = (batch.latent_height, batch.latent_width)
+        if key not in self._img_ids:
+            self._img_ids[key] = latent_image_ids(*key, self.device)
+        return self._img_ids[key]
+
+    def flow_dpo_step(self, batch: RolloutBatch, pairs: list[Pair], micro: int = 0,
+                      scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """Backward of one micro-batch's Flow-DPO loss (times ``scale``): win and lose go through
+        the reference and the policy as one batch each; metrics stay tensors (no sync)."""
         cfg, dev = self.cfg, self.device
         win, lose = self._indices(batch, pairs)
         b = len(pairs)
-        g = torch.Generator().manual_seed(_seed_for(cfg.train.seed, 17, self.step))
-        x0_w = batch.final_latents[win].float()
-        x0_l = batch.final_latents[lose].float()
-        noise = torch.randn(x0_w.shape, generator=g)                 # shared by win and lose
-        sigma = sample_sigmas(b, cfg.objective.timestep_sampling, generator=g)  # shared
-        xt_w, target_w = flow_matching_inputs(x0_w, noise, sigma)
-        xt_l, target_l = flow_matching_inputs(x0_l, noise, sigma)
-        hidden = torch.cat([xt_w, xt_l]).to(dev)
-        sig2 = torch.cat([sigma, sigma]).to(dev)
+        g = torch.Generator().manual_seed(_seed_for(cfg.train.seed, 17, micro))
+        x0 = batch.final_latents[win + lose].to(dev, torch.float32)
+        noise = torch.randn(x0[:b].shape, generator=g).to(dev)      # shared by win and lose
+        sigma = sample_sigmas(b, cfg.objective.timestep_sampling, generator=g).to(dev)  # shared
+        sig2 = torch.cat([sigma, sigma])
+        hidden, target = flow_matching_inputs(x0, torch.cat([noise, noise]), sig2)
         cond = batch.conditioning(win + lose, dev)
-        img_ids = latent_image_ids(batch.latent_height, batch.latent_width, dev)
-        with torch.no_grad(), adapter_disabled(self.model), self.accelerator.autocast():
-            ref = predict_velocity(self.model, hidden, sig2, cond, img_ids,
-                                   cfg.rollout.guidance)
+        img_ids = self._image_ids(batch)
+        with self._reference():
+            ref = predict_velocity(self.model, hidden, sig2, cond, img_ids, cfg.rollout.guidance)
         with self.accelerator.autocast():
             pred = predict_velocity(self.model, hidden, sig2, cond, img_ids,
                                     cfg.rollout.guidance)
         mw = ml = None
         if batch.latent_masks is not None:
-            c = x0_w.shape[-1] // 4
-            mw = pack_mask(batch.latent_masks[win], c).to(dev)
-            ml = pack_mask(batch.latent_masks[lose], c).to(dev)
-        loss, stats = flow_dpo_loss(pred[:b], ref[:b], target_w.to(dev), pred[b:], ref[b:],
-                                    target_l.to(dev), beta=cfg.objective.flow_dpo_beta,
-                                    mask_win=mw, mask_lose=ml)
-        self.accelerator.backward(loss)
-        return {"loss": float(loss.detach()), "win_rate": stats["implicit_acc"],
-                "sigma_mean": float(sigma.mean())}
+            m = pack_mask(batch.latent_masks[win + lose], x0.shape[-1] // 4).to(dev)
+            mw, ml = m[:b], m[b:]
+        loss, stats = flow_dpo_loss(pred[:b], ref[:b], target[:b], pred[b:], ref[b:], target[b:],
+                                    beta=cfg.objective.flow_dpo_beta, mask_win=mw, mask_lose=ml)
+        self.accelerator.backward(loss * scale)
+        return {"loss": loss.detach(), "win_rate": stats["implicit_acc"],
+                "sigma_mean": sigma.mean()}
 
-    def train_step(self, batch: RolloutBatch, pairs: list[Pair]) -> dict[str, float]:
-        if self.cfg.objective.kind == "oft":
-            metrics = self.oft_step(batch, pairs)
-        else:
-            metrics = self.flow_dpo_step(batch, pairs)
-        grad_norm = float("nan")
+    def train_step(self, batch: RolloutBatch,
+                   micro_batches: list[list[Pair]]) -> dict[str, float]:
+        """One optimizer step over the given micro-batches (up to ``train.grad_accum``), the
+        gradients averaged over them as in the SFT trainer."""
+        step_fn = self.oft_step if self.cfg.objective.kind == "oft" else self.flow_dpo_step
+        n = len(micro_batches)
+        parts = []
+        for k, pairs in enumerate(micro_batches):
+            parts.append(step_fn(batch, pairs, micro=self.step * self.cfg.train.grad_accum + k,
+                                 scale=1.0 / n))
+        metrics = {key: torch.stack([p[key] for p in parts]).mean() for key in parts[0]}
         if self.cfg.optim.max_grad_norm > 0:
-            grad_norm = float(self.accelerator.clip_grad_norm_(self.params,
-                                                               self.cfg.optim.max_grad_norm))
+            metrics["grad_norm"] = self.accelerator.clip_grad_norm_(
+                self.params, self.cfg.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        metrics.update(grad_norm=grad_norm, lr=float(self.scheduler.get_last_lr()[0]),
-                       round=self.round)
-        return metrics
+        # one device-to-host transfer for all the step's numbers
+        names = list(metrics)
+        values = torch.stack([metrics[k].detach().float().reshape(()).to(self.device)
+                              for k in names]).tolist()
+        out = dict(zip(names, values))
+        out.setdefault("grad_norm", float("nan"))
+        out.update(lr=float(self.scheduler.get_last_lr()[0]), round=self.round)
+        return out
 
     # ---------------------------------------------------------------- state
     def checkpoint_state(self) -> dict[str, Any]:
@@ -573,8 +616,9 @@ class DPOTrainer:
             batches = self.micro_batches(self.buffer)
             while self.position < len(batches):
                 _comfy.check_interrupt()
-                metrics = self.train_step(self.buffer, batches[self.position])
-                self.position += 1
+                group = batches[self.position:self.position + cfg.train.grad_accum]
+                metrics = self.train_step(self.buffer, group)
+                self.position += len(group)
                 if not math.isfinite(metrics["loss"]):
                     raise ScienceT2IError(f"loss became {metrics['loss']} at step {self.step}; "
                                           "lower optim.lr or keep optim.max_grad_norm > 0.")

@@ -84,9 +84,9 @@ def flow_dpo_loss(pred_win: torch.Tensor, pred_ref_win: torch.Tensor, target_win
     ref_l = masked_mse(pred_ref_lose.detach(), target_lose, mask_lose)
     inside = -0.5 * beta * ((err_w - ref_w) - (err_l - ref_l))
     loss = -F.logsigmoid(inside).mean()
-    with torch.no_grad():
-        stats = {"implicit_acc": float((inside > 0).float().mean()),
-                 "err_win": float(err_w.mean()), "err_lose": float(err_l.mean())}
+    with torch.no_grad():  # 0-d tensors: reading them is left to the caller (a device sync)
+        stats = {"implicit_acc": (inside > 0).float().mean(),
+                 "err_win": err_w.mean(), "err_lose": err_l.mean()}
     return loss, stats
 
 

@@ -176,6 +176,17 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
+def make_accelerator(mixed_precision: str) -> tuple[Any, str]:
+    """The trainers' Accelerator (device, mixed precision, process group) and the precision it
+    uses, in accelerate's terms. The device decides the precision, and accelerate's shared state
+    keeps the first precision it is given, so the device comes from PartialState (which sets no
+    precision) before the one Accelerator is created."""
+    from accelerate import Accelerator, PartialState
+    cpu = not torch.cuda.is_available()
+    precision = resolve_precision(mixed_precision, PartialState(cpu=cpu).device)
+    return Accelerator(mixed_precision=precision, cpu=cpu), precision
+
+
 @dataclass
 class Sample:
     """One micro-batch on the device: cached VAE posterior and text embeddings."""
@@ -199,8 +210,6 @@ class SFTTrainer:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> "SFTTrainer":
-        from accelerate import Accelerator
-
         from .datasets import load_records
         from .flux_model import (FluxEncoders, attach_lora, load_transformer, make_optimizer,
                                  resolve_flux_dir, vae_scale_factor)
@@ -210,13 +219,8 @@ class SFTTrainer:
         if not cfg.data.path:
             raise ScienceT2IError("data.path is not set; point it at a Science-T2I-format "
                                   "dataset (save_to_disk folder, parquet or JSON/JSONL).")
-        from accelerate import PartialState
-        # the device decides the precision; accelerate's state keeps the first precision set,
-        # so ask PartialState (no precision) before creating the Accelerator
-        precision = resolve_precision(cfg.train.mixed_precision,
-                                      PartialState(cpu=not torch.cuda.is_available()).device)
-        self.accelerator = acc = Accelerator(mixed_precision=precision,
-                                             cpu=not torch.cuda.is_available())
+        self.accelerator, precision = make_accelerator(cfg.train.mixed_precision)
+        acc = self.accelerator
         self.device = acc.device
         self.precision = precision
         self.model_dir = resolve_flux_dir(cfg.model.path)

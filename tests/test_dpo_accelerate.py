@@ -1,0 +1,133 @@
+"""Stage-2 trainer and accelerate: gradient accumulation over micro-batches of pairs, the cached
+adapter switch, one process only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from science_t2i.nodes.errors import ScienceT2IError
+from science_t2i.training import dpo as dpo_mod
+from science_t2i.training.config import load_config
+from science_t2i.training.dpo import DPOConfig, DPOTrainer, adapter_disabled, lora_layers
+from science_t2i.training.flux_sampler import latent_image_ids, predict_velocity
+from science_t2i.training.preference_losses import Pair
+from tiny_dpo import RES, build_bright_flux, dpo_overrides, write_prompts
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory) -> Path:
+    return build_bright_flux(tmp_path_factory.mktemp("flux"))
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.json")
+
+
+def trainer_for(flux_dir, prompts, out, *extra) -> DPOTrainer:
+    cfg = load_config(DPOConfig, None, dpo_overrides(flux_dir, prompts, out, *extra))
+    return DPOTrainer(cfg).setup()
+
+
+def _grads(trainer) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            for p in trainer.params]
+
+
+def test_accumulated_step_uses_the_mean_gradient_of_its_micro_batches(flux_dir, prompts,
+                                                                     tmp_path):
+    trainer = trainer_for(flux_dir, prompts, tmp_path, "objective.kind=flow-dpo",
+                          "train.pairs_per_step=1", "train.grad_accum=3",
+                          "optim.max_grad_norm=0")
+    batch = trainer.generate_round()
+    pairs = [Pair(i, 0, 1, 1.0) for i in range(3)]
+    with torch.no_grad():  # a non-zero adapter, so the reference and the policy differ
+        for p in trainer.params:
+            p.normal_(0, 0.05)
+    # each micro-batch's gradient on its own, with the noise/timestep draw it gets in the step
+    singles = []
+    for k, pair in enumerate(pairs):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.flow_dpo_step(batch, [pair], micro=k)
+        singles.append(_grads(trainer))
+    trainer.optimizer.zero_grad(set_to_none=True)
+    expected = [sum(g[i] for g in singles) / 3 for i in range(len(trainer.params))]
+    assert any(e.abs().max() > 0 for e in expected)
+
+    seen = []
+    real_step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (seen.append(_grads(trainer)), real_step(*a, **k))
+    metrics = trainer.train_step(batch, [[p] for p in pairs])
+    assert trainer.step == 1 and len(seen) == 1
+    for got, want in zip(seen[0], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    assert all(isinstance(v, float) for k, v in metrics.items() if k != "round")
+
+
+def test_a_round_takes_one_optimizer_step_per_grad_accum_micro_batches(flux_dir, prompts,
+                                                                      tmp_path):
+    # 6 prompts -> up to 6 pairs, 1 pair per micro-batch, 4 per step -> ceil(pairs / 4) steps
+    trainer = trainer_for(flux_dir, prompts, tmp_path, "objective.kind=flow-dpo",
+                          "train.pairs_per_step=1", "train.grad_accum=4", "train.rounds=1")
+    trainer.run()
+    records = trainer.run_log.records()
+    n_pairs = next(r["pairs"] for r in records if "pairs" in r)
+    steps = [r for r in records if "loss" in r]
+    assert n_pairs >= 2
+    assert trainer.step == len(steps) == -(-n_pairs // 4)
+
+
+def test_cached_adapter_switch_gives_the_reference(flux_dir, prompts, tmp_path):
+    trainer = trainer_for(flux_dir, prompts, tmp_path)
+    model = trainer.model
+    assert trainer.lora_layers == lora_layers(model) and trainer.lora_layers
+    with torch.no_grad():
+        for p in trainer.params:
+            p.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(0)
+    batch = trainer.generate_round()
+    cond = batch.conditioning([0, 1], trainer.device)
+    x = torch.randn(2, 4, 4, generator=g)
+    ids = latent_image_ids(RES // 2, RES // 2)
+    with torch.no_grad():
+        policy = predict_velocity(model, x, 0.5, cond, ids)
+        model.disable_adapters()  # diffusers' own switch
+        want = predict_velocity(model, x, 0.5, cond, ids)
+        model.enable_adapters()
+        with adapter_disabled(model):
+            searched = predict_velocity(model, x, 0.5, cond, ids)
+        with trainer._reference():
+            got = predict_velocity(model, x, 0.5, cond, ids)
+        again = predict_velocity(model, x, 0.5, cond, ids)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(searched, want)
+    assert not torch.allclose(policy, want, atol=1e-3)
+    torch.testing.assert_close(again, policy)  # switched back on
+
+
+def test_more_than_one_process_is_refused(flux_dir, prompts, tmp_path, monkeypatch):
+    real = dpo_mod.make_accelerator
+
+    def two_processes(precision):
+        acc, p = real(precision)
+        monkeypatch.setattr(type(acc), "num_processes", property(lambda self: 2))
+        return acc, p
+    monkeypatch.setattr(dpo_mod, "make_accelerator", two_processes)
+    with pytest.raises(ScienceT2IError, match="single process.*--comfy"):
+        trainer_for(flux_dir, prompts, tmp_path)
+
+
+def test_grad_accum_must_be_positive(flux_dir, prompts, tmp_path):
+    with pytest.raises(ScienceT2IError, match="train.grad_accum must be >= 1"):
+        load_config(DPOConfig, None, dpo_overrides(flux_dir, prompts, tmp_path,
+                                                   "train.grad_accum=0"))
