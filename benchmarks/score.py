@@ -1,6 +1,6 @@
 """SciScore scoring speed: N images x 1 prompt, measured side by side in one run.
 
-    python benchmarks/score.py [--model DIR] [-n 4] [--input-size 512] [--threads T]
+    python benchmarks/score.py [--model DIR] [-n 4] [--input-size 512] [--threads T] [--compile]
 
 Without --model, a CLIP-H-shaped transformers CLIPModel (laion CLIP-ViT-H-14: vision 32 x 1280,
 16 heads, patch 14, 224 px; text 24 x 1024, 16 heads; projection 1024) with random weights,
@@ -11,6 +11,10 @@ images/s, achieved GFLOP/s (334.6 GFLOP per 224 px image; a text counts 47.1 GFL
 tokens / 77), the ratio to this machine's fp32 matmul throughput measured in the same run, and
 the speed-up over a reference-style path (CLIPImageProcessor on PIL images, one model call per
 (prompt, image) pair, the text re-encoded on each call), as the paper's evaluation code does.
+With --compile, the same scorer with ``compile=True`` (torch.compile of the image tower) is
+measured in the same alternation; its compilation happens during the warm-up, not the timing.
+The matmul reference is a square fp32 GEMM on the same threads, best of 5 at the start, after
+every repeat and at the end, so background load cannot make it look slower than it is.
 The GFLOP counts are CLIP-H's at 224 px, so with --model they only mean something for SciScore.
 """
 from __future__ import annotations
@@ -87,6 +91,15 @@ def build_scorer(args):
                          dtype=torch.float32, batch_size=args.batch_size)
 
 
+def compiled_twin(scorer):
+    """The same weights and settings, with the image tower through torch.compile."""
+    from science_t2i.nodes.sciscore import SciScoreModel
+    return SciScoreModel(scorer._backend, name=scorer.name, image_size=scorer.image_size,
+                         crop_size=scorer.crop_size, mean=scorer.mean, std=scorer.std,
+                         device=scorer.device, dtype=scorer.dtype, batch_size=scorer.batch_size,
+                         compile=True)
+
+
 class Clock:
     """Wall time and this process's CPU time (all threads). On a shared machine the wall
     time also counts other programs' turns on the CPUs; CPU time / threads does not, so both
@@ -155,6 +168,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=2, help="alternating runs; the best counts")
     p.add_argument("--matmul-size", type=int, default=2048)
+    p.add_argument("--compile", action="store_true",
+                   help="also measure the scorer with compile=True (adds the compilation time)")
     args = p.parse_args()
     os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
     torch.set_num_threads(args.threads)
@@ -175,14 +190,25 @@ def main() -> None:
     warm = images[:1]
     scorer.score(warm, "warm up")
     run_reference(scorer, processor, warm, "warm up")
+    comp = None
+    if args.compile:
+        comp = compiled_twin(scorer)
+        with Clock() as c:
+            comp.score(images, "warm up")  # compiles for this batch shape
+        if comp._compile_failed:
+            print("torch.compile failed (see the warning); the compiled row runs eager")
+        print(f"compile=True: first batch (compilation) {c.wall:.1f} s wall")
 
     mm = [matmul_seconds(args.matmul_size, reps=5)]
-    ours, ours_img, ref = [], [], []
-    for _ in range(args.repeats):  # alternate, so background load hits both paths alike
+    ours, ours_img, ref, comp_t, comp_img = [], [], [], [], []
+    for _ in range(args.repeats):  # alternate, so background load hits all paths alike
         total, img_only, s_ours = run_ours(scorer, images, PROMPT)
         rt, s_ref = run_reference(scorer, processor, images, PROMPT)
         ours.append(total), ours_img.append(img_only), ref.append(rt)
-    mm.append(matmul_seconds(args.matmul_size, reps=5))  # before and after; the best counts
+        if comp is not None:
+            total, img_only, s_comp = run_ours(comp, images, PROMPT)
+            comp_t.append(total), comp_img.append(img_only)
+        mm.append(matmul_seconds(args.matmul_size, reps=5))  # the best of all counts
 
     n, th = args.images, torch.get_num_threads()
     mm_flop = 2 * args.matmul_size ** 3 / 1e9
@@ -200,11 +226,20 @@ def main() -> None:
               f"{flop_ours / t_ours:7.1f} GFLOP/s = {flop_ours / t_ours / peak:6.1%} of matmul")
         print(f"    images only (preprocess + image tower): {n * IMAGE_GFLOP / t_img:7.1f} "
               f"GFLOP/s = {n * IMAGE_GFLOP / t_img / peak:6.1%} of matmul")
+        if comp is not None:
+            t_c, t_ci = best(comp_t), best(comp_img)
+            print(f"  compiled  : {t_c:7.2f} s  {n / t_c:6.3f} images/s  "
+                  f"{flop_ours / t_c:7.1f} GFLOP/s = {flop_ours / t_c / peak:6.1%} of matmul")
+            print(f"    images only (preprocess + image tower): {n * IMAGE_GFLOP / t_ci:7.1f} "
+                  f"GFLOP/s = {n * IMAGE_GFLOP / t_ci / peak:6.1%} of matmul")
         print(f"  reference : {t_ref:7.2f} s  {n / t_ref:6.3f} images/s  "
               f"{flop_ref / t_ref:7.1f} GFLOP/s")
         print(f"  speed-up over the reference path: {t_ref / t_ours:.3f}x")
     print(f"max |score difference| ours vs reference: {(s_ours - s_ref).abs().max().item():.4f} "
           f"(scale exp(logit_scale) = {scorer.logit_scale_exp:.1f})")
+    if comp is not None:
+        print(f"max |score difference| compiled vs eager: "
+              f"{(s_comp - s_ours).abs().max().item():.2e}")
     print(f"wall seconds per run: ours {[round(c.wall, 1) for c in ours]}, reference "
           f"{[round(c.wall, 1) for c in ref]}")
     if hasattr(os, "getloadavg"):  # other work on the machine skews the wall-clock figures
