@@ -350,10 +350,6 @@ class SciScoreLoader:
             "dtype": (["auto", "fp16", "bf16", "fp32"], {"tooltip": "auto: fp16 on CUDA, fp32 on CPU"}),
             "batch_size": ("INT", {"default": 16, "min": 1, "max": 256,
                                    "tooltip": "images encoded per forward pass"}),
-        }, "optional": {
-            "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the image tower: "
-                        "the first run compiles (slow), later runs use fused kernels; falls back "
-                        "to normal execution if compilation fails"}),
         }}
 
     RETURN_TYPES = ("SCISCORE_MODEL",)
@@ -362,9 +358,8 @@ class SciScoreLoader:
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads the SciScore reward model (a CLIP-H fine-tuned for scientific realism)."
 
-    def load(self, model: str, dtype: str = "auto", batch_size: int = 16, compile: bool = False):
-        return (load_sciscore(model, device=None, dtype=dtype, batch_size=batch_size,
-                              compile=compile),)
+    def load(self, model: str, dtype: str = "auto", batch_size: int = 16):
+        return (load_sciscore(model, device=None, dtype=dtype, batch_size=batch_size),)
 
 
 class SciScoreNode:

@@ -50,19 +50,3 @@ def test_failed_compilation_falls_back_to_eager(clip_dir, monkeypatch, caplog):
     assert len(calls) == 1  # tried once, then eager for the rest of the model's life
     assert model._compile_failed and "no C++ compiler found" in caplog.text
 
-
-def test_loader_node_passes_compile(clip_dir, comfy, monkeypatch):
-    from science_t2i.nodes import sciscore
-    seen = {}
-
-    def fake_load(model, **kwargs):
-        seen.update(kwargs)
-        return "loaded"
-
-    monkeypatch.setattr(sciscore, "load_sciscore", fake_load)
-    spec = sciscore.SciScoreLoader.INPUT_TYPES()
-    assert spec["optional"]["compile"][1]["default"] is False
-    assert sciscore.SciScoreLoader().load("x", "auto", 4, True) == ("loaded",)
-    assert seen["compile"] is True and seen["batch_size"] == 4
-    sciscore.SciScoreLoader().load("x", "auto", 4)
-    assert seen["compile"] is False
