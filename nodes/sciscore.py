@@ -131,6 +131,18 @@ class SciScoreModel:
         self.patcher = _comfy.wrap_model(backend.module, device, _comfy.offload_device())
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
+    @classmethod
+    def from_clip(cls, clip: Any, tokenizer: Any, image_config: dict[str, Any], *,
+                  name: str = "clip", device: torch.device | None = None,
+                  batch_size: int = 16, compile: bool = False) -> "SciScoreModel":
+        """A scorer around a transformers CLIPModel already in memory (e.g. one being
+        trained). ``image_config`` is the dict ``load_clip_directory`` returns."""
+        dev = device if device is not None else next(clip.parameters()).device
+        return cls(_HFBackend(clip, tokenizer), name=name, image_size=image_config["size"],
+                   crop_size=image_config["crop_size"], mean=image_config["image_mean"],
+                   std=image_config["image_std"], device=dev,
+                   dtype=next(clip.parameters()).dtype, batch_size=batch_size, compile=compile)
+
     # ------------------------------------------------------------------ properties
 
     @property
@@ -296,16 +308,15 @@ def load_sciscore(model: str | Path = DEFAULT_SCISCORE,
     name = os.fspath(model)
     if path.is_dir():
         clip, tokenizer, cfg = load_clip_directory(path, dtype=torch_dtype)
-        backend: Any = _HFBackend(clip, tokenizer)
-        size, crop, mean, std = cfg["size"], cfg["crop_size"], cfg["image_mean"], cfg["image_std"]
-    else:
-        parts = load_open_clip_file(path, dtype=torch_dtype, arch=open_clip_arch)
-        backend = _OpenClipBackend(parts.model, parts.tokenizer)
-        size = crop = parts.size
-        mean, std = parts.mean, parts.std
+        log.info("SciScore %s loaded from %s (%s, %s)", name, path, dev, torch_dtype)
+        return SciScoreModel.from_clip(clip, tokenizer, cfg, name=name, device=dev,
+                                       batch_size=batch_size, compile=compile)
+    parts = load_open_clip_file(path, dtype=torch_dtype, arch=open_clip_arch)
     log.info("SciScore %s loaded from %s (%s, %s)", name, path, dev, torch_dtype)
-    return SciScoreModel(backend, name=name, image_size=size, crop_size=crop, mean=mean, std=std,
-                         device=dev, dtype=torch_dtype, batch_size=batch_size, compile=compile)
+    return SciScoreModel(_OpenClipBackend(parts.model, parts.tokenizer), name=name,
+                         image_size=parts.size, crop_size=parts.size, mean=parts.mean,
+                         std=parts.std, device=dev, dtype=torch_dtype, batch_size=batch_size,
+                         compile=compile)
 
 
 # ----------------------------------------------------------------------------- node classes

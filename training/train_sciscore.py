@@ -285,11 +285,9 @@ def training_scorer(clip: torch.nn.Module, tokenizer: Any, image_cfg: dict[str, 
     Built fresh for every evaluation, so no text embedding cached before the last update is
     reused.
     """
-    from ..nodes.sciscore import SciScoreModel, _HFBackend
-    return SciScoreModel(_HFBackend(clip, tokenizer), name="training", image_size=image_cfg["size"],
-                         crop_size=image_cfg["crop_size"], mean=image_cfg["image_mean"],
-                         std=image_cfg["image_std"], device=device,
-                         dtype=next(clip.parameters()).dtype, batch_size=batch_size)
+    from ..nodes.sciscore import SciScoreModel
+    return SciScoreModel.from_clip(clip, tokenizer, image_cfg, name="training", device=device,
+                                   batch_size=batch_size)
 
 
 # ----------------------------------------------------------------------------- the run
