@@ -131,3 +131,20 @@ def test_grad_accum_must_be_positive(flux_dir, prompts, tmp_path):
     with pytest.raises(ScienceT2IError, match="train.grad_accum must be >= 1"):
         load_config(DPOConfig, None, dpo_overrides(flux_dir, prompts, tmp_path,
                                                    "train.grad_accum=0"))
+
+
+def test_mixed_precision_reaches_the_one_accelerator(flux_dir, prompts, tmp_path, monkeypatch):
+    # accelerate's process-wide state accepts one precision: the device must be probed without
+    # setting one (PartialState), or the bf16 Accelerator is refused on CUDA. CPU stands in
+    # for CUDA here by letting bf16 through.
+    from accelerate.state import AcceleratorState
+
+    from science_t2i.training import sft
+    monkeypatch.setattr(sft, "resolve_precision", lambda requested, device: requested)
+    AcceleratorState._reset_state(True)
+    try:
+        trainer = trainer_for(flux_dir, prompts, tmp_path, "train.mixed_precision=bf16")
+        assert trainer.accelerator.mixed_precision == "bf16"
+        assert next(trainer.model.parameters()).dtype == torch.bfloat16
+    finally:
+        AcceleratorState._reset_state(True)  # the other tests run in fp32
