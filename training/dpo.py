@@ -15,6 +15,9 @@ The exported LoRA then stacks the SFT LoRA and the stage-2 LoRA (ranks concatena
 applies to the base FLUX model like any other LoRA.
 
 Run it with ``science-t2i dpo --config FILE [key=value ...] [--comfy URL ...] [--resume]``.
+Device, mixed precision and backward go through the SFT trainer's accelerate setup; stage 2
+runs in one process (``accelerate launch`` with more is refused: spread rollouts over ComfyUI
+servers instead), and ``train.grad_accum`` micro-batches of pairs make an optimizer step.
 """
 from __future__ import annotations
 
