@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._trainer_args import add_config_arguments, resolve_config
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -12,30 +14,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "GroundingDINO and train on best-vs-worst pairs (objective.kind=oft, the "
                     "paper's, or flow-dpo). Settings: defaults (the paper's), then --config, "
                     "then key.sub=value overrides, e.g. model.sft_lora=runs/sft/x.safetensors.")
-    p.add_argument("--config", default=None, help="YAML or TOML config file")
     p.add_argument("--comfy", action="append", default=[], metavar="URL[=LORA_DIR]",
                    help="a ComfyUI server for rollouts (repeat for several); sets "
                         "rollout.source=comfy. LORA_DIR: that server's models/loras folder as "
                         "seen from here (or set comfy.lora_dir for a shared folder)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in output_dir")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. rollout.prompts=prompts.json train.rounds=50")
+    add_config_arguments(p, "rollout.prompts=prompts.json train.rounds=50")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import config_to_dict, load_config
     from ..dpo import DPOConfig, train_dpo
-    overrides = list(args.overrides)
-    if args.comfy:
-        overrides.append("rollout.source=comfy")
-    cfg = load_config(DPOConfig, args.config, overrides)
-    if args.print_config:
-        import yaml
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    cfg = resolve_config(DPOConfig, args, ["rollout.source=comfy"] if args.comfy else [])
+    if cfg is None:
         return 0
     path = train_dpo(cfg, resume=args.resume, comfy_servers=args.comfy)
     print(f"LoRA written to {path}")

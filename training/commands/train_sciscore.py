@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._trainer_args import add_config_arguments, resolve_config
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -12,23 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--config, then key.sub=value overrides, e.g. data.path=/data/fullset "
                     "optim.max_steps=300. The best model on the held-out split is written to "
                     "<output_dir>/best as a SciScore folder the SciScore Loader node opens.")
-    p.add_argument("--config", default=None, help="YAML or TOML config file")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in output_dir")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. data.path=/data/sci optim.micro_batch_size=8")
+    add_config_arguments(p, "data.path=/data/sci optim.micro_batch_size=8")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import config_to_dict, load_config
     from ..train_sciscore import SciScoreTrainConfig, train_sciscore
-    cfg = load_config(SciScoreTrainConfig, args.config, args.overrides)
-    if args.print_config:
-        import yaml
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    cfg = resolve_config(SciScoreTrainConfig, args)
+    if cfg is None:
         return 0
     result = train_sciscore(cfg, resume=args.resume)
     if result.best_dir is not None:

@@ -1,0 +1,30 @@
+"""Arguments every trainer command shares: a config file, key=value overrides, --resume and
+--print-config (settings come from the paper's defaults, then the file, then overrides)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, override_example: str) -> None:
+    parser.add_argument("--config", default=None, help="YAML or TOML config file")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help=f"config overrides, e.g. {override_example}")
+
+
+def resolve_config(cls: type[T], args: argparse.Namespace,
+                   extra_overrides: list[str] | None = None) -> T | None:
+    """The config for ``args``; None (after printing it) when --print-config was given."""
+    from ..config import config_to_dict, load_config
+    cfg: Any = load_config(cls, args.config, list(args.overrides) + list(extra_overrides or []))
+    if args.print_config:
+        import yaml
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return None
+    return cfg
