@@ -195,6 +195,18 @@ def test_keep_last_k(tmp_path):
         CheckpointManager(tmp_path, keep_last=-1)
 
 
+def test_load_for_resume_checks_the_settings_digest(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    with pytest.raises(ScienceT2IError, match="no checkpoint"):
+        mgr.load_for_resume("abc", "x")
+    mgr.save(1, {"resume_digest": "abc", "w": torch.ones(2)})
+    mgr.save(2, {"resume_digest": "abc", "w": torch.full((2,), 2.0)})
+    path, state = mgr.load_for_resume("abc", "train.max_steps")
+    assert path.name == "checkpoint-00000002" and torch.equal(state["w"], torch.full((2,), 2.0))
+    with pytest.raises(ScienceT2IError, match=r"different settings.*only train\.max_steps"):
+        mgr.load_for_resume("changed", "train.max_steps")
+
+
 def test_load_errors(tmp_path):
     mgr = CheckpointManager(tmp_path / "empty", keep_last=1)
     with pytest.raises(ScienceT2IError, match="no checkpoint"):

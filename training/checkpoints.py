@@ -224,6 +224,21 @@ class CheckpointManager:
         state = _decode(meta["state"], tensors)
         return state
 
+    def load_for_resume(self, digest: str, what_may_change: str) -> tuple[Path, dict[str, Any]]:
+        """The latest checkpoint for ``--resume``: refused when there is none, or when it was
+        written with settings whose digest differs (resuming those would not continue the
+        same run). ``what_may_change`` names the settings a resume may alter."""
+        path = self.latest()
+        if path is None:
+            raise ScienceT2IError(f"--resume: no checkpoint in {self.output_dir}; run without "
+                                  "--resume to start a new run.")
+        state = self.load(path)
+        if state.get("resume_digest") != digest:
+            raise ScienceT2IError(
+                f"--resume: {path} was written with different settings; resume with the "
+                f"original config (only {what_may_change} may change) or use a new output_dir.")
+        return path, state
+
     @staticmethod
     def step_of(path: str | Path) -> int:
         m = CHECKPOINT_RE.match(Path(path).name)

@@ -373,16 +373,8 @@ class DPOTrainer:
 
     def _resume(self) -> None:
         from .flux_model import load_lora_state
-        path = self.checkpoints.latest()
-        if path is None:
-            raise ScienceT2IError(f"--resume: no checkpoint in {self.checkpoints.output_dir}; "
-                                  "run without --resume to start a new run.")
-        state = self.checkpoints.load(path)
-        if state.get("resume_digest") != resume_digest(self.cfg):
-            raise ScienceT2IError(
-                f"--resume: {path} was written with different settings; resume with the "
-                "original config (only train.rounds, checkpoint.* and log.* may change) or use "
-                "a new output_dir.")
+        path, state = self.checkpoints.load_for_resume(
+            resume_digest(self.cfg), "train.rounds, checkpoint.* and log.*")
         load_lora_state(self.model, state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

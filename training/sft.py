@@ -287,16 +287,8 @@ class SFTTrainer:
 
     def _resume(self) -> None:
         from .flux_model import load_lora_state
-        path = self.checkpoints.latest()
-        if path is None:
-            raise ScienceT2IError(f"--resume: no checkpoint in {self.checkpoints.output_dir}; "
-                                  "run without --resume to start a new run.")
-        state = self.checkpoints.load(path)
-        if state.get("resume_digest") != resume_digest(self.cfg):
-            raise ScienceT2IError(
-                f"--resume: {path} was written with different model/lora/optim/data/train "
-                "settings; resume with the original config (only train.max_steps, checkpoint.*, "
-                "log.* and sample.* may change) or use a new output_dir.")
+        path, state = self.checkpoints.load_for_resume(
+            resume_digest(self.cfg), "train.max_steps, checkpoint.*, log.* and sample.*")
         load_lora_state(self.accelerator.unwrap_model(self.transformer), state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -353,16 +353,8 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
     digest = resume_digest(cfg)
     state = None
     if resume:
-        latest = ckpts.latest()
-        if latest is None:
-            raise ScienceT2IError(f"--resume: no checkpoint in {ckpts.output_dir}; run without "
-                                  "--resume to start a new run.")
-        state = ckpts.load(latest)
-        if state.get("resume_digest") != digest:
-            raise ScienceT2IError(
-                f"--resume: {latest} was written with different data/model/optim/loss settings; "
-                "resume with the original config (only optim.max_steps, the evaluation, "
-                "checkpoint, logging and loader settings may change) or use a new output_dir.")
+        latest, state = ckpts.load_for_resume(
+            digest, "optim.max_steps and the evaluation, checkpoint, logging and loader settings")
 
     train_records, held_records = load_splits(cfg)
     clip, tokenizer, image_cfg = load_clip_directory(resolve_source(cfg.model.init),
@@ -389,7 +381,7 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
             float(state["best_accuracy"])
         if accelerator.is_main_process:
             run_log.truncate_after(step)
-        log.info("resumed from %s at step %d", ckpts.latest(), step)
+        log.info("resumed from %s at step %d", latest, step)
         del state
     elif accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
