@@ -90,3 +90,20 @@ def test_atomic_writes_get_normal_permissions_and_keep_old_file_on_failure(tmp_p
             raise RuntimeError("killed mid-write")
     assert target.read_text() == '{\n  "a": 1\n}'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_directory_swaps_whole_folders_and_keeps_the_old_one_on_failure(tmp_path):
+    from science_t2i.nodes.files import atomic_directory
+    target = tmp_path / "best"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with atomic_directory(target) as tmp:  # replacing an existing folder
+        (tmp / "a.txt").write_text("2")
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "b.txt"]
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert (target / "a.txt").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["best"]

@@ -10,11 +10,9 @@ No pickle is involved: loading runs no code from the file.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,10 @@ import numpy as np
 import torch
 
 from ..nodes.errors import ScienceT2IError
+from ..nodes.files import atomic_directory
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TMP_PREFIX = ".tmp-checkpoint-"
+TMP_PREFIX = ".tmp-"  # temporaries in the checkpoints folder: .tmp-checkpoint-<step>-*, .tmp-old-*
 FORMAT_VERSION = 1
 
 
@@ -79,19 +78,6 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "__tuple__" in obj:
         return tuple(_decode(v, tensors) for v in obj["__tuple__"])
     raise ScienceT2IError(f"unrecognised entry in checkpoint state: {sorted(obj)}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # not supported on some platforms (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -164,30 +150,12 @@ class CheckpointManager:
         self._clean_temporaries()
         tensors: dict[str, torch.Tensor] = {}
         encoded = _encode(state, tensors, "")
-        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.output_dir))
-        try:
-            tensor_file = tmp / "tensors.safetensors"
-            save_file(tensors, str(tensor_file), metadata={"format": "science-t2i-checkpoint"})
-            with open(tensor_file, "rb") as f:
-                os.fsync(f.fileno())
+        final = self.path_for(step)
+        with atomic_directory(final, tmp_prefix=TMP_PREFIX) as tmp:
+            save_file(tensors, str(tmp / "tensors.safetensors"),
+                      metadata={"format": "science-t2i-checkpoint"})
             meta = {"format_version": FORMAT_VERSION, "step": int(step), "state": encoded}
-            with open(tmp / "state.json", "w", encoding="utf-8") as f:
-                json.dump(meta, f)
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync_dir(tmp)
-            final = self.path_for(step)
-            if final.exists():  # re-saving a step: move the old one aside, then swap
-                old = self.output_dir / f"{TMP_PREFIX}old-{final.name}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(self.output_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
         self._prune()
         return final
 

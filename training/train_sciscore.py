@@ -15,9 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from ..nodes.errors import ScienceT2IError
-from ..nodes.files import write_json_atomic
+from ..nodes.files import atomic_directory, write_json_atomic
 from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
 from .config import config_to_dict, save_config
 from .run_log import RunLog
@@ -202,28 +199,12 @@ def save_sciscore_folder(clip: torch.nn.Module, tokenizer: Any, image_cfg: dict[
     """Write a SciScore folder in the release layout (config.json, model.safetensors,
     tokenizer files, preprocessor_config.json), atomically: into a temporary folder beside
     ``target``, then renamed over it, so a crash never leaves a half-written best model."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         clip.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         write_json_atomic(tmp / "preprocessor_config.json", _preprocessor_json(image_cfg))
         if extra is not None:
             write_json_atomic(tmp / EVAL_FILE, extra)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if target.exists():
-            old = target.parent / f".old-{target.name}-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
