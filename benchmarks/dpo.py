@@ -47,9 +47,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from peak_rss import PeakRSS, rss_bytes  # benchmarks/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
@@ -86,33 +87,6 @@ def build(workdir: Path) -> None:
     tf.build_tiny_flux_pipeline(workdir / "flux-mem", mem)
     (workdir / "prompts.json").write_text(json.dumps(
         [{"prompt": f"an object under condition {i}", "object": "object"} for i in range(8)]))
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Highest resident set size seen while the block runs (sampled every ms)."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.base = _rss_bytes()
-        self.peak = self.base
-        self._stop = False
-        self._t = threading.Thread(target=self._watch, daemon=True)
-        self._t.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop:
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        self._t.join()
-        self.peak = max(self.peak, _rss_bytes())
 
 
 def _trainer(work: Path, args: argparse.Namespace, objective: str = "flow-dpo",
@@ -272,7 +246,7 @@ def child_memory(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    base_rss = _rss_bytes()
+    base_rss = rss_bytes()
     work = Path(args.workdir)
     # FLUX.1-dev proportions: gradient checkpointing on, LoRA rank / width as rank 16 / 3072
     trainer = _trainer(work, args, "flow-dpo", "flux-mem", "train.gradient_checkpointing=true",
@@ -283,7 +257,7 @@ def child_memory(args: argparse.Namespace) -> dict:
         _use_deep_copied_reference(trainer)
     import gc
     gc.collect()
-    after_setup = _rss_bytes() - base_rss
+    after_setup = rss_bytes() - base_rss
     from science_t2i.training.preference_losses import Pair
     from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
     b = args.pairs

@@ -27,9 +27,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from peak_rss import PeakRSS  # benchmarks/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
@@ -69,33 +70,6 @@ def build(workdir: Path, res: int) -> tuple[Path, Path]:
                                                                 dtype=np.uint8))
                                    for _ in range(2)]} for i in range(4)]
     return workdir / "flux", write_jsonl_dataset(records, workdir / "data")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Highest resident set size seen while the block runs (sampled every ms)."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.base = _rss_bytes()
-        self.peak = self.base
-        self._stop = False
-        self._t = threading.Thread(target=self._watch, daemon=True)
-        self._t.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop:
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        self._t.join()
-        self.peak = max(self.peak, _rss_bytes())
 
 
 def child(args: argparse.Namespace) -> None:

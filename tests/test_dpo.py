@@ -19,26 +19,8 @@ from science_t2i.training.config import load_config, save_config
 from science_t2i.training.dpo import DPOConfig, DPOTrainer, adapter_disabled, train_dpo
 from science_t2i.training.flux_sampler import FluxConditioning, latent_image_ids, predict_velocity
 from science_t2i.training.rollouts import RolloutPrompt
-from tiny_dpo import RES, build_bright_flux, dpo_overrides, write_prompts
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: thread start-up and contention on a shared machine cost more than they give
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def flux_dir(tmp_path_factory) -> Path:
-    return build_bright_flux(tmp_path_factory.mktemp("flux"))
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.json")
+from tiny_dpo import RES, dpo_overrides
+from tiny_dpo import flux_dir, one_thread, prompts  # noqa: F401  (shared fixtures)
 
 
 def cfg_for(flux_dir, prompts, out, *extra) -> DPOConfig:

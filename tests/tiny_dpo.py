@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tiny_flux import TinyFluxSpec, build_tiny_flux_pipeline
@@ -42,3 +43,24 @@ def dpo_overrides(flux_dir: Path, prompts: Path, out: Path, *extra: str) -> list
             "train.pairs_per_step=6", "optim.lr=0.1", "lora.rank=4", "lora.alpha=4",
             f"output_dir={out}", "checkpoint.every=0", "checkpoint.keep_last=2",
             "log.progress=false", "log.plot_every=0", *extra]
+
+
+# Fixtures shared by the stage-2 test modules (import them by name there).
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models: thread start-up and contention on a shared machine cost more than they give
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory) -> Path:
+    return build_bright_flux(tmp_path_factory.mktemp("flux"))
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.json")
