@@ -6,15 +6,20 @@ Without --model, a CLIP-H-shaped transformers CLIPModel (laion CLIP-ViT-H-14: vi
 16 heads, patch 14, 224 px; text 24 x 1024, 16 heads; projection 1024) with random weights,
 and the real CLIP BPE vocabulary (bundled with open_clip) so prompts have their real length.
 
-Prints, for the pack's path (tensor preprocessing, batched images, text encoded once):
-images/s, achieved GFLOP/s (334.6 GFLOP per 224 px image; a text counts 47.1 GFLOP x its
-tokens / 77), the ratio to this machine's fp32 matmul throughput measured in the same run, and
-the speed-up over a reference-style path (CLIPImageProcessor on PIL images, one model call per
-(prompt, image) pair, the text re-encoded on each call), as the paper's evaluation code does.
-With --compile, the same scorer with ``compile=True`` (torch.compile of the image tower) is
-measured in the same alternation; its compilation happens during the warm-up, not the timing.
-The matmul reference is a square fp32 GEMM on the same threads, best of 5 at the start, after
-every repeat and at the end, so background load cannot make it look slower than it is.
+Prints, for the pack's path (tensor preprocessing, batched images, text encoded once, the
+image tower through oneDNN's fused kernels): images/s, achieved GFLOP/s (334.6 GFLOP per 224 px
+image; a text counts 47.1 GFLOP x its tokens / 77), the ratio to this machine's fp32 matmul
+throughput measured in the same run, and the speed-up over a reference-style path
+(CLIPImageProcessor on PIL images, one model call per (prompt, image) pair, the text
+re-encoded on each call), as the paper's evaluation code does. The same scorer with
+``onednn=False`` (transformers' own forward) is measured in the same alternation, and with
+--compile also ``compile=True`` (its compilation happens during the warm-up, not the timing).
+
+Matmul throughput is measured two ways, both square fp32 GEMMs on the same threads, best of 5
+at the start, after every repeat and at the end (so background load cannot make them look
+slower than they are): ``torch.mm`` (PyTorch's matmul: MKL sgemm) and oneDNN's GEMM with a
+pre-packed weight (the fastest fp32 GEMM PyTorch offers here; on CPUs where MKL runs its AVX2
+code, such as AMD's, it is much faster than torch.mm). Ratios to both are printed.
 The GFLOP counts are CLIP-H's at 224 px, so with --model they only mean something for SciScore.
 """
 from __future__ import annotations
@@ -91,13 +96,14 @@ def build_scorer(args):
                          dtype=torch.float32, batch_size=args.batch_size)
 
 
-def compiled_twin(scorer):
-    """The same weights and settings, with the image tower through torch.compile."""
+def twin(scorer, **changes):
+    """The same weights and settings, with ``changes`` (compile=True, onednn=False)."""
     from science_t2i.nodes.sciscore import SciScoreModel
+    settings = {"compile": scorer.compile, "onednn": scorer.onednn, **changes}
     return SciScoreModel(scorer._backend, name=scorer.name, image_size=scorer.image_size,
                          crop_size=scorer.crop_size, mean=scorer.mean, std=scorer.std,
                          device=scorer.device, dtype=scorer.dtype, batch_size=scorer.batch_size,
-                         compile=True)
+                         **settings)
 
 
 class Clock:
@@ -114,16 +120,30 @@ class Clock:
         self.cpu = time.process_time() - self._c
 
 
-def matmul_seconds(n: int, reps: int) -> tuple[float, float]:
-    """Best (wall, CPU) seconds of one fp32 n x n x n GEMM."""
+def gemms(n: int) -> dict:
+    """name -> a call running one fp32 n x n x n GEMM."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best_w = best_c = float("inf")
-    for _ in range(reps):
-        with Clock() as c:
-            torch.mm(a, b)
-        best_w, best_c = min(best_w, c.wall), min(best_c, c.cpu)
-    return best_w, best_c
+    calls = {"torch.mm": lambda: torch.mm(a, b)}
+    from science_t2i.nodes import clip_onednn
+    if clip_onednn.available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), n)
+        calls["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none",
+                                                                      [], "")
+    return calls
+
+
+def gemm_seconds(calls: dict, reps: int) -> dict:
+    """name -> best (wall, CPU) seconds of one call."""
+    out = {}
+    for name, call in calls.items():
+        call()
+        best_w = best_c = float("inf")
+        for _ in range(reps):
+            with Clock() as c:
+                call()
+            best_w, best_c = min(best_w, c.wall), min(best_c, c.cpu)
+        out[name] = (best_w, best_c)
+    return out
 
 
 def reference_processor(scorer):
@@ -187,28 +207,33 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.images, args.input_size, args.input_size, 3, generator=g)
     processor = reference_processor(scorer)
+    # the pack's scorer (oneDNN image tower), and the same with transformers' own forward
+    scorers = {"ours": scorer, "ours, onednn=False": twin(scorer, onednn=False)}
     warm = images[:1]
-    scorer.score(warm, "warm up")
+    for s in scorers.values():
+        s.score(warm, "warm up")
     run_reference(scorer, processor, warm, "warm up")
-    comp = None
     if args.compile:
-        comp = compiled_twin(scorer)
+        comp = scorers["compiled"] = twin(scorer, compile=True)
         with Clock() as c:
             comp.score(images, "warm up")  # compiles for this batch shape
         if comp._compile_failed:
             print("torch.compile failed (see the warning); the compiled row runs eager")
         print(f"compile=True: first batch (compilation) {c.wall:.1f} s wall")
 
-    mm = [matmul_seconds(args.matmul_size, reps=5)]
-    ours, ours_img, ref, comp_t, comp_img = [], [], [], [], []
+    calls = gemms(args.matmul_size)
+    mm = [gemm_seconds(calls, reps=5)]
+    totals = {k: [] for k in scorers}
+    image_only = {k: [] for k in scorers}
+    scores = {}
+    ref = []
     for _ in range(args.repeats):  # alternate, so background load hits all paths alike
-        total, img_only, s_ours = run_ours(scorer, images, PROMPT)
+        for key, s in scorers.items():
+            total, img_only, scores[key] = run_ours(s, images, PROMPT)
+            totals[key].append(total), image_only[key].append(img_only)
         rt, s_ref = run_reference(scorer, processor, images, PROMPT)
-        ours.append(total), ours_img.append(img_only), ref.append(rt)
-        if comp is not None:
-            total, img_only, s_comp = run_ours(comp, images, PROMPT)
-            comp_t.append(total), comp_img.append(img_only)
-        mm.append(matmul_seconds(args.matmul_size, reps=5))  # the best of all counts
+        ref.append(rt)
+        mm.append(gemm_seconds(calls, reps=5))  # the best of all counts
 
     n, th = args.images, torch.get_num_threads()
     mm_flop = 2 * args.matmul_size ** 3 / 1e9
@@ -216,32 +241,38 @@ def main() -> None:
     flop_ref = n * (IMAGE_GFLOP + text_gflop)
     print(f"prompt: {tokens} tokens -> {text_gflop:.1f} GFLOP per text encode")
     for label, key, norm in (("wall clock", "wall", 1), ("CPU time / threads", "cpu", th)):
+        col = 0 if key == "wall" else 1
+
         def best(clocks):
             return min(getattr(c, key) for c in clocks) / norm
-        peak = mm_flop / min(x[0 if key == "wall" else 1] / norm for x in mm)
-        t_ours, t_img, t_ref = best(ours), best(ours_img), best(ref)
+        peaks = {name: mm_flop / min(m[name][col] / norm for m in mm) for name in calls}
+
+        def of_matmul(gflops: float) -> str:
+            return ", ".join(f"{gflops / peak:6.1%} of {name}" for name, peak in peaks.items())
+        t_ref = best(ref)
         print(f"-- by {label}")
-        print(f"  fp32 matmul {args.matmul_size}^3: {peak:7.1f} GFLOP/s")
-        print(f"  ours      : {t_ours:7.2f} s  {n / t_ours:6.3f} images/s  "
-              f"{flop_ours / t_ours:7.1f} GFLOP/s = {flop_ours / t_ours / peak:6.1%} of matmul")
-        print(f"    images only (preprocess + image tower): {n * IMAGE_GFLOP / t_img:7.1f} "
-              f"GFLOP/s = {n * IMAGE_GFLOP / t_img / peak:6.1%} of matmul")
-        if comp is not None:
-            t_c, t_ci = best(comp_t), best(comp_img)
-            print(f"  compiled  : {t_c:7.2f} s  {n / t_c:6.3f} images/s  "
-                  f"{flop_ours / t_c:7.1f} GFLOP/s = {flop_ours / t_c / peak:6.1%} of matmul")
-            print(f"    images only (preprocess + image tower): {n * IMAGE_GFLOP / t_ci:7.1f} "
-                  f"GFLOP/s = {n * IMAGE_GFLOP / t_ci / peak:6.1%} of matmul")
-        print(f"  reference : {t_ref:7.2f} s  {n / t_ref:6.3f} images/s  "
-              f"{flop_ref / t_ref:7.1f} GFLOP/s")
-        print(f"  speed-up over the reference path: {t_ref / t_ours:.3f}x")
-    print(f"max |score difference| ours vs reference: {(s_ours - s_ref).abs().max().item():.4f} "
+        for name, peak in peaks.items():
+            print(f"  fp32 GEMM {args.matmul_size}^3, {name:8}: {peak:7.1f} GFLOP/s")
+        for k in scorers:
+            t_all, t_img = best(totals[k]), best(image_only[k])
+            print(f"  {k:<19}: {t_all:6.2f} s  {n / t_all:6.3f} images/s  "
+                  f"{flop_ours / t_all:6.1f} GFLOP/s = {of_matmul(flop_ours / t_all)}; "
+                  f"{t_ref / t_all:.2f}x the reference path")
+            print(f"    images only (preprocess + image tower): "
+                  f"{n * IMAGE_GFLOP / t_img:6.1f} GFLOP/s = {of_matmul(n * IMAGE_GFLOP / t_img)}")
+        print(f"  {'reference':<19}: {t_ref:6.2f} s  {n / t_ref:6.3f} images/s  "
+              f"{flop_ref / t_ref:6.1f} GFLOP/s = {of_matmul(flop_ref / t_ref)}")
+        print(f"  speed-up of ours over the reference path: {t_ref / best(totals['ours']):.3f}x")
+    print(f"max |score difference| ours vs reference: "
+          f"{(scores['ours'] - s_ref).abs().max().item():.4f} "
           f"(scale exp(logit_scale) = {scorer.logit_scale_exp:.1f})")
-    if comp is not None:
-        print(f"max |score difference| compiled vs eager: "
-              f"{(s_comp - s_ours).abs().max().item():.2e}")
-    print(f"wall seconds per run: ours {[round(c.wall, 1) for c in ours]}, reference "
-          f"{[round(c.wall, 1) for c in ref]}")
+    for k in scorers:
+        if k != "ours":
+            print(f"max |score difference| {k} vs ours: "
+                  f"{(scores[k] - scores['ours']).abs().max().item():.2e}")
+    print("wall seconds per run: " + ", ".join(
+        f"{k} {[round(c.wall, 1) for c in v]}" for k, v in totals.items())
+        + f", reference {[round(c.wall, 1) for c in ref]}")
     if hasattr(os, "getloadavg"):  # other work on the machine skews the wall-clock figures
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 

@@ -235,7 +235,7 @@ def test_interrupt_is_checked_per_batch(clip_dir, comfy):
     model = load_sciscore(str(clip_dir), batch_size=2)
     model.encode_texts([PROMPTS[0]])
     seen = []
-    real = model.clip.get_image_features
+    real = model._backend.image_features
 
     def spy(*args, **kwargs):
         seen.append(1)
@@ -243,7 +243,7 @@ def test_interrupt_is_checked_per_batch(clip_dir, comfy):
             comfy.interrupt = True  # the user presses Cancel during the second batch
         return real(*args, **kwargs)
 
-    model.clip.get_image_features = spy
+    model._backend.image_features = spy
     with pytest.raises(mm.InterruptProcessingException):
         model.score(random_uint8_images(6, 32, 32), PROMPTS[0])
     assert len(seen) == 2  # the third batch never ran

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-onednn", dest="onednn", action="store_false",
+                   help="on CPU, use PyTorch's own forward instead of oneDNN's fused kernels")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = parse_prompts(args.prompt if len(args.prompt) > 1 else args.prompt[0], len(paths))
     images = [read_image(p) for p in paths]
     model = load_sciscore(args.model, device=args.device, dtype=args.dtype,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, onednn=args.onednn)
     scores = model.score(images, prompts)
     single_prompt = len(set(prompts)) == 1
     probs = preference_probabilities(scores).tolist() if single_prompt else [None] * len(paths)

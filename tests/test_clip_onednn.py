@@ -1,0 +1,182 @@
+"""The oneDNN image tower (nodes/clip_onednn.py) against the libraries' own forwards."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from science_t2i.nodes import clip_onednn
+from science_t2i.nodes.sciscore import load_sciscore
+from tiny_clip import TINY_OPEN_CLIP_CFG, build_tiny_clip, random_uint8_images, tiny_clip_config
+
+pytestmark = pytest.mark.skipif(not clip_onednn.available(),
+                                reason="this PyTorch build has no oneDNN fused linear ops")
+
+PROMPT = "an unripe apple on the table"
+
+
+def tiny_hf_clip(hidden_act: str = "gelu", seed: int = 0):
+    from transformers import CLIPModel
+    config = tiny_clip_config(vocab_size=600, image_size=32)
+    config.vision_config.hidden_act = hidden_act
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    with torch.no_grad():  # non-zero biases and norms, so each fused epilogue is exercised
+        for name, p in model.vision_model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def tiny_open_clip(**vision_overrides):
+    import open_clip
+    cfg = {**TINY_OPEN_CLIP_CFG,
+           "vision_cfg": {**TINY_OPEN_CLIP_CFG["vision_cfg"], **vision_overrides}}
+    torch.manual_seed(0)
+    return open_clip.model.CLIP(**cfg).eval()
+
+
+def hf_reference(model, pixels):
+    out = model.get_image_features(pixel_values=pixels)
+    return getattr(out, "pooler_output", out)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "quick_gelu", "gelu_pytorch_tanh"])
+def test_transformers_tower_matches_its_own_forward(hidden_act):
+    model = tiny_hf_clip(hidden_act)
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        fused = clip_onednn.hf_image_features(model, pixels)
+        ref = hf_reference(model, pixels)
+    assert fused is not None
+    assert fused.shape == ref.shape
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_batches_give_the_same_features(monkeypatch):
+    model = tiny_hf_clip()
+    pixels = torch.randn(5, 3, 32, 32)  # 17 tokens per image
+    with torch.inference_mode():
+        whole = clip_onednn.hf_image_features(model, pixels)
+        monkeypatch.setattr(clip_onednn, "CHUNK_ROWS", 40)  # two images per oneDNN call
+        calls = []
+        real = clip_onednn._run_block
+        monkeypatch.setattr(clip_onednn, "_run_block",
+                            lambda h, b, n, t: calls.append(n) or real(h, b, n, t))
+        chunked = clip_onednn.hf_image_features(model, pixels)
+        ref = hf_reference(model, pixels)
+    assert sorted(set(calls)) == [1, 2] and sum(calls) == 5 * 2  # 2+2+1 images x 2 blocks
+    torch.testing.assert_close(chunked, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_live_weights_are_used_not_a_stale_copy():
+    model = tiny_hf_clip()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        before = clip_onednn.hf_image_features(model, pixels)
+    with torch.no_grad():  # what an optimizer step or a patched weight does
+        model.vision_model.encoder.layers[0].mlp.fc1.weight.mul_(1.5)
+        model.vision_model.encoder.layers[1].self_attn.k_proj.bias.add_(0.3)
+    with torch.inference_mode():
+        after = clip_onednn.hf_image_features(model, pixels)
+        ref = hf_reference(model, pixels)
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_steps_aside_where_it_does_not_apply():
+    model = tiny_hf_clip()
+    pixels = torch.randn(1, 3, 32, 32)
+    # autograd on: the fused ops record no gradients, so training keeps the real forward
+    assert clip_onednn.hf_image_features(model, pixels) is None
+    with torch.no_grad():
+        assert clip_onednn.hf_image_features(model, pixels) is not None
+        assert clip_onednn.hf_image_features(model.to(torch.bfloat16),
+                                             pixels.to(torch.bfloat16)) is None
+        assert clip_onednn.hf_image_features(model.double(), pixels.double()) is None
+
+
+@pytest.mark.parametrize("overrides", [{}, {"act_kwargs": {"approximate": "tanh"}}])
+def test_open_clip_tower_matches_encode_image(overrides):
+    try:
+        model = tiny_open_clip(**overrides)
+    except TypeError:  # an open_clip without act_kwargs
+        pytest.skip("this open_clip cannot configure the activation")
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        fused = clip_onednn.open_clip_image_features(model, pixels)
+        ref = model.encode_image(pixels)
+    assert fused is not None
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_open_clip_quick_gelu_runs_unfused_activation():
+    import open_clip
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**TINY_OPEN_CLIP_CFG, quick_gelu=True).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        fused = clip_onednn.open_clip_image_features(model, pixels)
+        ref = model.encode_image(pixels)
+    assert fused is not None
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_open_clip_layer_scale_is_left_to_open_clip():
+    model = tiny_open_clip(ls_init_value=0.1)
+    with torch.inference_mode():
+        assert clip_onednn.open_clip_image_features(model, torch.randn(1, 3, 32, 32)) is None
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return build_tiny_clip(tmp_path_factory.mktemp("onednn") / "tiny", image_size=32, seed=3)
+
+
+def test_scorer_uses_it_by_default_with_the_same_scores(clip_dir, monkeypatch):
+    images = random_uint8_images(5, 40, 48)
+    plain = load_sciscore(str(clip_dir), device="cpu", batch_size=2, onednn=False)
+    fused = load_sciscore(str(clip_dir), device="cpu", batch_size=2)
+    runs = []
+    real = clip_onednn._run_blocks
+    monkeypatch.setattr(clip_onednn, "_run_blocks", lambda x, b: runs.append(len(x)) or real(x, b))
+    expected = plain.score(images, PROMPT)
+    assert runs == []  # onednn=False keeps transformers' forward
+    got = fused.score(images, PROMPT)
+    assert runs == [2, 2, 1]  # one fused tower call per batch
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_scorer_falls_back_for_good_after_a_kernel_error(clip_dir, monkeypatch, caplog):
+    images = random_uint8_images(2, 32, 32)
+    model = load_sciscore(str(clip_dir), device="cpu")
+    expected = load_sciscore(str(clip_dir), device="cpu", onednn=False).score(images, PROMPT)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("could not create a primitive")
+    monkeypatch.setattr(clip_onednn, "_linear", refuse)
+    with caplog.at_level(logging.WARNING, logger="science_t2i"):
+        got = model.score(images, PROMPT)
+    assert "oneDNN image tower failed" in caplog.text and "could not create a primitive" in caplog.text
+    assert model.onednn is False
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_cli_flag_turns_it_off(monkeypatch, tmp_path, clip_dir):
+    from science_t2i.training import cli
+    from science_t2i.training.commands import score as score_cmd
+    seen = {}
+    real = load_sciscore
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr("science_t2i.nodes.sciscore.load_sciscore", spy)
+    from PIL import Image
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "a.png")
+    assert score_cmd  # the command module registers itself with the CLI
+    assert cli.main(["score", str(tmp_path / "a.png"), "--prompt", PROMPT, "--model",
+                     str(clip_dir), "--device", "cpu", "--no-onednn", "--json"]) == 0
+    assert seen["onednn"] is False
