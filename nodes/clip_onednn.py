@@ -59,8 +59,11 @@ class _Block:
 
 
 def _eligible(params: list[torch.Tensor], pixels: torch.Tensor) -> bool:
-    """fp32 CPU weights (plain contiguous tensors) and input, and no autograd to record."""
-    if not available() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+    """fp32 CPU weights (plain contiguous tensors) and input, no autograd to record, and
+    oneDNN not switched off (``torch.backends.mkldnn.flags(enabled=False)``)."""
+    if not available() or not torch.backends.mkldnn.enabled:
+        return False
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
         return False
     return (pixels.device.type == "cpu" and pixels.dtype == torch.float32
             and all(p.device.type == "cpu" and p.dtype == torch.float32

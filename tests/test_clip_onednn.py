@@ -86,13 +86,17 @@ def test_live_weights_are_used_not_a_stale_copy():
     torch.testing.assert_close(after, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_steps_aside_where_it_does_not_apply():
+def test_steps_aside_where_it_does_not_apply(monkeypatch):
     model = tiny_hf_clip()
     pixels = torch.randn(1, 3, 32, 32)
     # autograd on: the fused ops record no gradients, so training keeps the real forward
     assert clip_onednn.hf_image_features(model, pixels) is None
     with torch.no_grad():
         assert clip_onednn.hf_image_features(model, pixels) is not None
+        monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # switched off by the user
+        assert clip_onednn.hf_image_features(model, pixels) is None
+        monkeypatch.undo()
+        assert torch.backends.mkldnn.enabled
         assert clip_onednn.hf_image_features(model.to(torch.bfloat16),
                                              pixels.to(torch.bfloat16)) is None
         assert clip_onednn.hf_image_features(model.double(), pixels.double()) is None
