@@ -58,16 +58,18 @@ class _Block:
     act: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _eligible(params: list[torch.Tensor], pixels: torch.Tensor) -> bool:
-    """fp32 CPU weights (plain contiguous tensors) and input, no autograd to record, and
-    oneDNN not switched off (``torch.backends.mkldnn.flags(enabled=False)``)."""
+def _eligible(params: list[torch.Tensor], inputs: torch.Tensor) -> bool:
+    """fp32 CPU weights (plain contiguous tensors), CPU inputs (fp32 if floating point), no
+    autograd to record, and oneDNN not switched off (``torch.backends.mkldnn.enabled``)."""
     if not available() or not torch.backends.mkldnn.enabled:
         return False
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
         return False
-    return (pixels.device.type == "cpu" and pixels.dtype == torch.float32
-            and all(p.device.type == "cpu" and p.dtype == torch.float32
-                    and p.layout == torch.strided and p.is_contiguous() for p in params))
+    if inputs.device.type != "cpu" or (inputs.is_floating_point()
+                                       and inputs.dtype != torch.float32):
+        return False
+    return all(p.device.type == "cpu" and p.dtype == torch.float32
+               and p.layout == torch.strided and p.is_contiguous() for p in params)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -82,7 +84,8 @@ def _linear_add(x: torch.Tensor, residual: torch.Tensor, layer: nn.Linear) -> to
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
 
 
-def _attention(x: torch.Tensor, b: _Block, batch: int, tokens: int) -> torch.Tensor:
+def _attention(x: torch.Tensor, b: _Block, batch: int, tokens: int,
+               causal: bool) -> torch.Tensor:
     d = x.shape[1]
     hd = d // b.heads
     if len(b.qkv) == 1:
@@ -90,15 +93,16 @@ def _attention(x: torch.Tensor, b: _Block, batch: int, tokens: int) -> torch.Ten
     else:
         q, k, v = (_linear(x, w, bias).view(batch, tokens, b.heads, hd).transpose(1, 2)
                    for w, bias in b.qkv)
-    a = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(head_dim), as in CLIP
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # scale 1/sqrt(head_dim)
     return a.transpose(1, 2).reshape(batch * tokens, d)
 
 
-def _run_block(h: torch.Tensor, b: _Block, batch: int, tokens: int) -> torch.Tensor:
+def _run_block(h: torch.Tensor, b: _Block, batch: int, tokens: int,
+               causal: bool = False) -> torch.Tensor:
     """h: [batch * tokens, D] -> the same after the block."""
     d = h.shape[1]
     x = F.layer_norm(h, (d,), b.ln1.weight, b.ln1.bias, b.ln1.eps)
-    h = _linear_add(_attention(x, b, batch, tokens), h, b.out)
+    h = _linear_add(_attention(x, b, batch, tokens, causal), h, b.out)
     x = F.layer_norm(h, (d,), b.ln2.weight, b.ln2.bias, b.ln2.eps)
     if b.gelu is not None:
         x = _linear(x, b.fc1.weight, b.fc1.bias, b.gelu)
@@ -107,8 +111,9 @@ def _run_block(h: torch.Tensor, b: _Block, batch: int, tokens: int) -> torch.Ten
     return _linear_add(x, h, b.fc2)
 
 
-def _run_blocks(x: torch.Tensor, blocks: list[_Block]) -> torch.Tensor:
-    """x: [batch, tokens, D] token embeddings -> the blocks' output, in cache-sized chunks."""
+def _run_blocks(x: torch.Tensor, blocks: list[_Block], causal: bool = False) -> torch.Tensor:
+    """x: [batch, tokens, D] token embeddings -> the blocks' output, in cache-sized chunks.
+    ``causal``: each token attends to itself and the tokens before it (text towers)."""
     batch, tokens, d = x.shape
     per_chunk = max(1, CHUNK_ROWS // tokens)
     out = []
@@ -116,7 +121,7 @@ def _run_blocks(x: torch.Tensor, blocks: list[_Block]) -> torch.Tensor:
         n = chunk.shape[0]
         h = chunk.reshape(n * tokens, d).contiguous()
         for b in blocks:
-            h = _run_block(h, b, n, tokens)
+            h = _run_block(h, b, n, tokens, causal)
         out.append(h.view(n, tokens, d))
     return torch.cat(out) if len(out) > 1 else out[0]
 
@@ -151,6 +156,34 @@ def hf_image_features(clip: Any, pixels: torch.Tensor) -> torch.Tensor | None:
     x = vision.pre_layrnorm(vision.embeddings(pixels))
     x = _run_blocks(x, blocks)
     return clip.visual_projection(vision.post_layernorm(x[:, 0, :]))
+
+
+def _right_padded(mask: torch.Tensor | None) -> bool:
+    """Every row is ones then zeros: causal attention alone then keeps the padding out of
+    every real token, the pooled end-of-text one included."""
+    if mask is None:
+        return True
+    return bool(torch.equal(mask, mask.sort(dim=-1, descending=True).values))
+
+
+def hf_text_features(clip: Any, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """transformers CLIPModel.get_text_features for right-padded token ids, or None when the
+    fused path does not apply."""
+    text = clip.text_model
+    if not _eligible(list(text.encoder.parameters()), input_ids) or not _right_padded(
+            attention_mask):
+        return None
+    blocks = _hf_blocks(text.encoder, clip.config.text_config.hidden_act)
+    if blocks is None:
+        return None
+    x = _run_blocks(text.embeddings(input_ids=input_ids), blocks, causal=True)
+    ids = input_ids.to(torch.int)
+    eos = getattr(text, "eos_token_id", 2)
+    # the pooled token, chosen as transformers does (argmax id for legacy configs with eos 2)
+    at = ids.argmax(dim=-1) if eos == 2 else (ids == eos).int().argmax(dim=-1)
+    pooled = text.final_layer_norm(x[torch.arange(x.shape[0]), at])  # per-token norm
+    return clip.text_projection(pooled)
 
 
 # ----------------------------------------------------------------------------- open_clip
@@ -188,3 +221,38 @@ def open_clip_image_features(model: Any, pixels: torch.Tensor) -> torch.Tensor |
     x = _run_blocks(visual._embeds(pixels), blocks)
     pooled, _ = visual._pool(x)
     return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def _causal(mask: torch.Tensor | None, tokens: int) -> bool | None:
+    """open_clip's additive text mask -> causal or not; None for any other mask."""
+    if mask is None:
+        return False
+    if mask.shape != (tokens, tokens):
+        return None
+    above = torch.ones(tokens, tokens, dtype=torch.bool, device=mask.device).triu(1)
+    ok = bool(torch.equal(torch.isneginf(mask), above) and not mask[~above].any())
+    return True if ok else None
+
+
+def open_clip_text_features(model: Any, text: torch.Tensor) -> torch.Tensor | None:
+    """open_clip ``model.encode_text`` for its standard CLIP text tower (argmax pooling), or
+    None when the fused path does not apply."""
+    transformer = getattr(model, "transformer", None)
+    if (transformer is None or getattr(model, "text_pool_type", None) != "argmax"
+            or not getattr(transformer, "batch_first", False)
+            or not hasattr(model, "token_embedding")
+            or text.shape[-1] != model.positional_embedding.shape[0]):
+        return None
+    if not _eligible(list(transformer.parameters()), text):
+        return None
+    causal = _causal(getattr(model, "attn_mask", None), text.shape[-1])
+    blocks = _open_clip_blocks(transformer)
+    if causal is None or blocks is None:
+        return None
+    x = model.token_embedding(text) + model.positional_embedding
+    x = _run_blocks(x, blocks, causal=causal)
+    pooled = model.ln_final(x[torch.arange(x.shape[0]), text.argmax(dim=-1)])
+    proj = model.text_projection
+    if proj is None:
+        return pooled
+    return proj(pooled) if isinstance(proj, nn.Module) else pooled @ proj

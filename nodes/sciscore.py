@@ -85,11 +85,14 @@ class _HFBackend:
         return out if out is not None else _embedding(
             self.module.get_image_features(pixel_values=pixels))
 
-    def text_features(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+    def text_features(self, prompts: list[str], device: torch.device,
+                      onednn: bool = False) -> torch.Tensor:
         tok = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
-        return _embedding(self.module.get_text_features(
-            input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)))
+        ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+        out = clip_onednn.hf_text_features(self.module, ids, mask) if onednn else None
+        return out if out is not None else _embedding(
+            self.module.get_text_features(input_ids=ids, attention_mask=mask))
 
 
 class _OpenClipBackend:
@@ -103,8 +106,11 @@ class _OpenClipBackend:
         out = clip_onednn.open_clip_image_features(self.module, pixels) if onednn else None
         return out if out is not None else self.module.encode_image(pixels)
 
-    def text_features(self, prompts: list[str], device: torch.device) -> torch.Tensor:
-        return self.module.encode_text(self.tokenizer(prompts).to(device))
+    def text_features(self, prompts: list[str], device: torch.device,
+                      onednn: bool = False) -> torch.Tensor:
+        tokens = self.tokenizer(prompts).to(device)
+        out = clip_onednn.open_clip_text_features(self.module, tokens) if onednn else None
+        return out if out is not None else self.module.encode_text(tokens)
 
 
 def _embedding(out: Any) -> torch.Tensor:
@@ -132,8 +138,8 @@ class SciScoreModel:
         self.compile = bool(compile)
         self._compiled: Any = None
         self._compile_failed = False
-        # fp32 on CPU: the image tower through oneDNN's fused kernels (clip_onednn.py); it
-        # steps aside by itself elsewhere, and for good after any error
+        # fp32 on CPU: both towers through oneDNN's fused kernels (clip_onednn.py); they
+        # step aside by themselves elsewhere, and for good after any error
         self.onednn = bool(onednn)
         self.patcher = _comfy.wrap_model(backend.module, device, _comfy.offload_device())
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -207,14 +213,19 @@ class SciScoreModel:
                 self._compile_failed, self._compiled = True, None
                 log.warning("SciScore: torch.compile of the image tower failed (%s: %s); "
                             "encoding without it", type(exc).__name__, exc)
+        return self._onednn_or_plain(self._backend.image_features, pixels)
+
+    def _onednn_or_plain(self, features: Any, *args: Any) -> torch.Tensor:
+        """``features(*args, onednn=True)`` when enabled (it runs PyTorch's forward itself
+        where oneDNN does not apply); after a oneDNN error, PyTorch's forward for good."""
         if self.onednn:
             try:
-                return self._backend.image_features(pixels, onednn=True)
+                return features(*args, onednn=True)
             except RuntimeError as exc:  # a oneDNN build or CPU that refuses a kernel
                 self.onednn = False
-                log.warning("SciScore: the oneDNN image tower failed (%s); encoding with "
+                log.warning("SciScore: the oneDNN towers failed (%s); encoding with "
                             "PyTorch's own forward", exc)
-        return self._backend.image_features(pixels)
+        return features(*args)
 
     def _pixels(self, batch: list[torch.Tensor]) -> torch.Tensor:
         def prep(x: torch.Tensor) -> torch.Tensor:
@@ -236,8 +247,8 @@ class SciScoreModel:
                 for i in range(0, len(missing), self.batch_size):
                     _comfy.check_interrupt()
                     chunk = missing[i:i + self.batch_size]
-                    emb = F.normalize(self._backend.text_features(chunk, self.device).float(),
-                                      dim=-1).cpu()
+                    emb = self._onednn_or_plain(self._backend.text_features, chunk, self.device)
+                    emb = F.normalize(emb.float(), dim=-1).cpu()
                     for p, e in zip(chunk, emb):
                         self._text_cache[p] = e
         for p in prompts:

@@ -63,7 +63,7 @@ def test_chunked_batches_give_the_same_features(monkeypatch):
         calls = []
         real = clip_onednn._run_block
         monkeypatch.setattr(clip_onednn, "_run_block",
-                            lambda h, b, n, t: calls.append(n) or real(h, b, n, t))
+                            lambda h, b, n, *a: calls.append(n) or real(h, b, n, *a))
         chunked = clip_onednn.hf_image_features(model, pixels)
         ref = hf_reference(model, pixels)
     assert sorted(set(calls)) == [1, 2] and sum(calls) == 5 * 2  # 2+2+1 images x 2 blocks
@@ -134,6 +134,54 @@ def test_open_clip_layer_scale_is_left_to_open_clip():
         assert clip_onednn.open_clip_image_features(model, torch.randn(1, 3, 32, 32)) is None
 
 
+def hf_text_reference(model, ids, mask):
+    out = model.get_text_features(input_ids=ids, attention_mask=mask)
+    return getattr(out, "pooler_output", out)
+
+
+@pytest.mark.parametrize("eos_token_id", [None, 2])  # the config's id, and the legacy argmax
+def test_transformers_text_tower_matches_its_own_forward(eos_token_id):
+    model = tiny_hf_clip("gelu")
+    if eos_token_id is not None:  # configs from before transformers fixed eos pool by argmax
+        model.text_model.eos_token_id = eos_token_id
+    eos = model.config.text_config.eos_token_id
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, eos - 2, (3, 9), generator=g)
+    lengths = [9, 6, 4]  # right padding after each prompt's end-of-text token
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, n - 1], ids[row, n:] = eos, eos  # CLIP pads with its end-of-text id
+        mask[row, :n] = 1
+    with torch.inference_mode():
+        fused = clip_onednn.hf_text_features(model, ids, mask)
+        ref = hf_text_reference(model, ids, mask)
+    assert fused is not None
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_text_is_left_to_transformers():
+    model = tiny_hf_clip()
+    ids = torch.randint(0, 500, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    with torch.inference_mode():
+        assert clip_onednn.hf_text_features(model, ids, mask) is None
+
+
+def test_open_clip_text_tower_matches_encode_text():
+    import open_clip
+    model = tiny_open_clip()
+    tokens = open_clip.get_tokenizer("ViT-B-32")([PROMPT, "a glass of frozen water"])
+    with torch.inference_mode():
+        fused = clip_onednn.open_clip_text_features(model, tokens)
+        ref = model.encode_text(tokens)
+    assert fused is not None
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    # a mask that is not open_clip's causal one is left to open_clip
+    model.attn_mask = torch.zeros_like(model.attn_mask)
+    with torch.inference_mode():
+        assert clip_onednn.open_clip_text_features(model, tokens) is None
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     return build_tiny_clip(tmp_path_factory.mktemp("onednn") / "tiny", image_size=32, seed=3)
@@ -145,11 +193,12 @@ def test_scorer_uses_it_by_default_with_the_same_scores(clip_dir, monkeypatch):
     fused = load_sciscore(str(clip_dir), device="cpu", batch_size=2)
     runs = []
     real = clip_onednn._run_blocks
-    monkeypatch.setattr(clip_onednn, "_run_blocks", lambda x, b: runs.append(len(x)) or real(x, b))
+    monkeypatch.setattr(clip_onednn, "_run_blocks",
+                        lambda x, b, **kw: runs.append(len(x)) or real(x, b, **kw))
     expected = plain.score(images, PROMPT)
     assert runs == []  # onednn=False keeps transformers' forward
     got = fused.score(images, PROMPT)
-    assert runs == [2, 2, 1]  # one fused tower call per batch
+    assert runs == [1, 2, 2, 1]  # the prompt once, then one image tower call per batch
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
@@ -163,7 +212,7 @@ def test_scorer_falls_back_for_good_after_a_kernel_error(clip_dir, monkeypatch, 
     monkeypatch.setattr(clip_onednn, "_linear", refuse)
     with caplog.at_level(logging.WARNING, logger="science_t2i"):
         got = model.score(images, PROMPT)
-    assert "oneDNN image tower failed" in caplog.text and "could not create a primitive" in caplog.text
+    assert "oneDNN towers failed" in caplog.text and "could not create a primitive" in caplog.text
     assert model.onednn is False
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
