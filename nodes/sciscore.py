@@ -489,10 +489,16 @@ class SciScorePairwise:
         sa, sb = scores[:na], scores[na:]
         prob_a = preference_probabilities(torch.stack([sa, sb], dim=-1))[:, 0]
         lines = [f"pair {i}: A {sa[i]:.3f} vs B {sb[i]:.3f} -> P(A) = {prob_a[i]:.3f} "
-                 f"({'A' if sa[i] > sb[i] else 'B'} more plausible)" for i in range(na)]
+                 f"({_verdict(float(sa[i]), float(sb[i]))})" for i in range(na)]
         summary = "\n".join(lines)
         return {"ui": {"text": [summary]},
                 "result": (prob_a.tolist(), sa.tolist(), sb.tolist(), summary)}
+
+
+def _verdict(score_a: float, score_b: float) -> str:
+    if score_a == score_b:
+        return "a tie: equally plausible"
+    return f"{'A' if score_a > score_b else 'B'} more plausible"
 
 
 def _flatten_images(images: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -112,8 +112,19 @@ def test_pairwise_node_probability_of_the_first(loaded, clip_dir):
         assert prob[i] == pytest.approx(math.exp(sa[i]) / (math.exp(sa[i]) + math.exp(sb[i])),
                                         abs=1e-6)
     assert "P(A)" in summary and out["ui"]["text"] == [summary]
+    for i in range(2):
+        better = "A" if sa[i] > sb[i] else "B"
+        assert summary.splitlines()[i].endswith(f"({better} more plausible)")
     with pytest.raises(ScienceT2IError, match="same batch size"):
         N["ScienceT2I_SciScorePairwise"]().compare(loaded, a, b[:1], PROMPT)
+
+
+def test_pairwise_node_calls_identical_images_a_tie(loaded):
+    a = random_uint8_images(1, 32, 32, seed=7)
+    prob, sa, sb, summary = N["ScienceT2I_SciScorePairwise"]().compare(loaded, a, a.clone(),
+                                                                       PROMPT)["result"]
+    assert sa == sb and prob == [0.5]
+    assert "tie" in summary and "more plausible" not in summary
 
 
 def test_overlay_draws_the_score_and_leaves_other_pixels(loaded):
