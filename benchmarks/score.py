@@ -6,8 +6,8 @@ Without --model, a CLIP-H-shaped transformers CLIPModel (laion CLIP-ViT-H-14: vi
 16 heads, patch 14, 224 px; text 24 x 1024, 16 heads; projection 1024) with random weights,
 and the real CLIP BPE vocabulary (bundled with open_clip) so prompts have their real length.
 
-Prints, for the pack's path (tensor preprocessing, batched images, text encoded once, the
-image tower through oneDNN's fused kernels): images/s, achieved GFLOP/s (334.6 GFLOP per 224 px
+Prints, for the pack's path (tensor preprocessing, batched images, text encoded once, both
+towers through oneDNN's fused kernels): images/s, achieved GFLOP/s (334.6 GFLOP per 224 px
 image; a text counts 47.1 GFLOP x its tokens / 77), the ratio to this machine's fp32 matmul
 throughput measured in the same run, and the speed-up over a reference-style path
 (CLIPImageProcessor on PIL images, one model call per (prompt, image) pair, the text
