@@ -1,5 +1,5 @@
-"""CLIP image towers on CPU through oneDNN, each linear layer fused with its bias, GELU or
-residual add.
+"""CLIP's image and text towers on CPU through oneDNN, each linear layer fused with its bias,
+GELU or residual add (transformers CLIPModel and open_clip CLIP).
 
 Why: PyTorch's fp32 matmul on CPU is MKL's sgemm, and MKL runs its AVX2 code on CPUs that are
 not Intel's; oneDNN (bundled with PyTorch) JIT-compiles AVX-512 kernels for any CPU that has
@@ -7,11 +7,11 @@ it. On the AMD EPYC the benchmarks run on, a 2048^3 fp32 GEMM is ~2.5x faster th
 (benchmarks/score.py measures both). Fusing the bias, GELU and residual add into the GEMM also
 saves a pass over the activations per op.
 
-Only the transformer blocks are replaced; embeddings, pooling and projection are the model's
-own modules. Weights are read from the live modules on every call (nothing is copied or
+Only the transformer blocks are replaced; embeddings, norms and projections are the model's
+own modules, and pooling picks the same token the libraries do. Weights are read from the live modules on every call (nothing is copied or
 cached), so training updates, patched weights and device moves are always seen. The fused path
-runs only for fp32 weights on CPU with autograd off; otherwise the functions return None and
-the caller runs the model's own forward.
+runs only for fp32 weights on CPU with autograd off (and right-padded text); otherwise the
+functions return None and the caller runs the model's own forward.
 """
 from __future__ import annotations
 
