@@ -43,7 +43,8 @@ from .flux_sampler import (Trajectory, latent_image_ids, pack_mask, predict_velo
 from .preference_losses import Pair, flow_dpo_loss, flow_matching_inputs, oft_loss, select_pairs
 from .rollouts import RolloutBatch, RolloutPrompt
 from .run_log import RunLog
-from .sft import LoraSection, OptimSection, _DTYPES, _seed_for, make_accelerator
+from .sft import (LoraSection, OptimSection, _DTYPES, _seed_for, make_accelerator,
+                  prepare_lora_training)
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ class DPOTrainer:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> "DPOTrainer":
-        from .flux_model import (FluxEncoders, attach_lora, load_transformer, make_optimizer,
+        from .flux_model import (FluxEncoders, load_transformer,
                                  resolve_flux_dir, vae_scale_factor)
         from .rollouts import load_rollout_prompts
 
@@ -298,21 +299,10 @@ class DPOTrainer:
             n = merge_lora_into_weights(transformer, self.sft_lora)
             log.info("merged the SFT LoRA (%d layers) into the weights: it is the reference", n)
         torch.manual_seed(_seed_for(cfg.train.seed, 1))  # the LoRA's initial weights
-        params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
-                             cfg.lora.targets)
-        if cfg.train.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        transformer.train()
-        optimizer = make_optimizer(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                   weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps,
-                                   use_8bit=cfg.optim.use_8bit, device=self.device)
-        warmup = cfg.optim.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
-        self.transformer, self.optimizer = acc.prepare(transformer, optimizer)
+        (self.params, self.transformer, self.optimizer,
+         self.scheduler) = prepare_lora_training(acc, transformer, cfg, self.device)
         self.model = acc.unwrap_model(self.transformer)
         self.lora_layers = lora_layers(self.model)
-        self.params = params
         self._img_ids: dict[tuple[int, int], torch.Tensor] = {}
         self.scheduler_config = dict(_scheduler_config(self.model_dir))
         self.source = self._make_source()

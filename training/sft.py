@@ -187,6 +187,28 @@ def make_accelerator(mixed_precision: str) -> tuple[Any, str]:
     return Accelerator(mixed_precision=precision, cpu=cpu), precision
 
 
+def prepare_lora_training(acc: Any, transformer: torch.nn.Module, cfg: Any,
+                          device: torch.device) -> tuple[list, Any, Any, Any]:
+    """The LoRA both FLUX trainers train (``cfg.lora``), gradient checkpointing when
+    ``cfg.train`` asks for it, the optimizer (``cfg.optim``) with its linear warm-up, and
+    accelerate's preparation: (parameters, transformer, optimizer, scheduler). Seed the
+    global RNGs first: the LoRA's initial weights come from them."""
+    from .flux_model import attach_lora, make_optimizer
+    params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
+                         cfg.lora.targets)
+    if cfg.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    o = cfg.optim
+    optimizer = make_optimizer(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                               eps=o.eps, use_8bit=o.use_8bit, device=device)
+    warmup = o.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+    prepared, optimizer = acc.prepare(transformer, optimizer)
+    return params, prepared, optimizer, scheduler
+
+
 @dataclass
 class Sample:
     """One micro-batch on the device: cached VAE posterior and text embeddings."""
@@ -211,7 +233,7 @@ class SFTTrainer:
     # ---------------------------------------------------------------- setup
     def setup(self) -> "SFTTrainer":
         from .datasets import load_records
-        from .flux_model import (FluxEncoders, attach_lora, load_transformer, make_optimizer,
+        from .flux_model import (FluxEncoders, load_transformer,
                                  resolve_flux_dir, vae_scale_factor)
         from .latent_cache import LatentCache, build_cache
 
@@ -264,20 +286,9 @@ class SFTTrainer:
         # the LoRA's gaussian init draws from the global RNGs: seed them so runs repeat
         from accelerate.utils import set_seed
         set_seed(cfg.train.seed)
-        params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
-                             cfg.lora.targets)
-        if cfg.train.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        transformer.train()
         self.guidance_embeds = bool(getattr(transformer.config, "guidance_embeds", False))
-        optimizer = make_optimizer(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                   weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps,
-                                   use_8bit=cfg.optim.use_8bit, device=self.device)
-        warmup = cfg.optim.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
-        self.transformer, self.optimizer = acc.prepare(transformer, optimizer)
-        self.params = params
+        (self.params, self.transformer, self.optimizer,
+         self.scheduler) = prepare_lora_training(acc, transformer, cfg, self.device)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints",
                                              cfg.checkpoint.keep_last)
         self.run_log = RunLog(self.output_dir)
