@@ -18,7 +18,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-def _byte_chars() -> list[str]:
+def byte_chars() -> list[str]:
     """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2 / CLIP)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -42,7 +42,7 @@ def write_clip_tokenizer(folder: Path, words: tuple[str, ...] = (
     argmax id finds it. Returns the vocabulary size.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_chars()
+    chars = byte_chars()
     vocab: dict[str, int] = {}
     for c in chars:
         vocab.setdefault(c, len(vocab))

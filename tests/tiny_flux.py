@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from tiny_clip import byte_chars
+
 
 @dataclass
 class TinyFluxSpec:
@@ -29,25 +31,11 @@ class TinyFluxSpec:
     guidance_embeds: bool = False
 
 
-def _byte_unicode_chars() -> list[str]:
-    """GPT-2/CLIP's byte -> printable unicode table (the alphabet of a byte-level BPE)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
-          + list(range(ord("\xae"), ord("\xff") + 1)))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def _clip_tokenizer(folder: Path):
     """A byte-level BPE CLIP tokenizer over single characters (no merges): any text encodes."""
     from transformers import CLIPTokenizer
     folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_unicode_chars()
+    chars = byte_chars()
     vocab: dict[str, int] = {}
     for tok in ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]:
         vocab.setdefault(tok, len(vocab))
