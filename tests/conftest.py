@@ -35,3 +35,14 @@ def comfy(tmp_path):
     state.models_dir = d
     yield state
     uninstall_comfy_stub()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models (use with ``pytest.mark.usefixtures``): a second intra-op
+    thread only adds start-up and synchronisation, which on a busy shared machine makes each
+    step many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

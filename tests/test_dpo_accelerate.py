@@ -13,7 +13,9 @@ from science_t2i.training.dpo import DPOConfig, DPOTrainer, adapter_disabled, lo
 from science_t2i.training.flux_sampler import latent_image_ids, predict_velocity
 from science_t2i.training.preference_losses import Pair
 from tiny_dpo import RES, dpo_overrides
-from tiny_dpo import flux_dir, one_thread, prompts  # noqa: F401  (shared fixtures)
+from tiny_dpo import flux_dir, prompts  # noqa: F401  (shared fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trainer_for(flux_dir, prompts, out, *extra) -> DPOTrainer:

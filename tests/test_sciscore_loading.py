@@ -12,7 +12,7 @@ from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.images import to_pil
 from science_t2i.nodes.sciscore import DEFAULT_SCISCORE, load_clip_directory, load_sciscore
 from tiny_clip import (TINY_OPEN_CLIP_CFG, build_tiny_clip, build_tiny_open_clip,
-                       random_uint8_images, reference_sciscore)
+                       random_uint8_images)
 
 PROMPT = "an unripe apple on the table"
 

@@ -24,14 +24,7 @@ from tiny_flux import build_tiny_flux_pipeline
 
 RES = 32   # tiny VAE downsamples 2x: a 16x16 latent, 64 packed tokens
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded; with CPUs shared, more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _noise_image(seed: int, size=(RES, RES), mode="RGB") -> Image.Image:

@@ -21,15 +21,7 @@ from science_t2i.training.sciscore_data import (ImageSpec, SampleStream, check_r
 from tiny_clip import build_tiny_clip
 from tiny_science_scenes import write_science_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # these models are tiny: a second intra-op thread only adds synchronisation, which on a
-    # busy shared machine makes each step many times slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ seed, linked widgets keep their last value) and how /prompt takes them.
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 

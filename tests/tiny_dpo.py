@@ -47,15 +47,6 @@ def dpo_overrides(flux_dir: Path, prompts: Path, out: Path, *extra: str) -> list
 
 # Fixtures shared by the stage-2 test modules (import them by name there).
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: thread start-up and contention on a shared machine cost more than they give
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def flux_dir(tmp_path_factory) -> Path:
     return build_bright_flux(tmp_path_factory.mktemp("flux"))
