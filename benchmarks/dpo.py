@@ -49,20 +49,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
-from peak_rss import PeakRSS, rss_bytes  # benchmarks/ is the script's own folder
+# benchmarks/ is the script's own folder
+from peak_rss import PeakRSS, rss_bytes
+from builders import step_spec, tiny_flux
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
-
-
-def _tiny_flux():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("tiny_flux", ROOT / "tests" / "tiny_flux.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_flux"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # the memory model: FLUX.1-dev's 19 double + 38 single blocks at width 384 (FLUX.1: 3072),
@@ -73,12 +66,8 @@ MEM_DOUBLE, MEM_SINGLE = 19, 38
 
 
 def build(workdir: Path) -> None:
-    tf = _tiny_flux()
-    spec = tf.TinyFluxSpec(latent_channels=16, vae_blocks=(32, 64, 64, 64), clip_hidden=128,
-                           t5_hidden=256, t5_max_length=128, heads=4, head_dim=64,
-                           axes_dims_rope=(8, 28, 28), num_layers=2, num_single_layers=4,
-                           guidance_embeds=True)
-    tf.build_tiny_flux_pipeline(workdir / "flux", spec)
+    tf = tiny_flux()
+    tf.build_tiny_flux_pipeline(workdir / "flux", step_spec(tf))
     mem = tf.TinyFluxSpec(latent_channels=16, vae_blocks=(8, 8, 8, 8), clip_hidden=768,
                           t5_hidden=4096, t5_max_length=MEM_TEXT, heads=MEM_HEADS,
                           head_dim=MEM_HEAD_DIM, axes_dims_rope=(16, 56, 56),
@@ -169,19 +158,14 @@ def child_speed(args: argparse.Namespace) -> dict:
 
     sample_cond = batch.conditioning(list(range(2 * b)), dev)
 
-    def with_logprobs() -> None:
-        sample_trajectory(model, sample_cond, height=args.res, width=args.res,
-                          num_steps=args.sample_steps, churn=0.1,
-                          generator=torch.Generator().manual_seed(1),
-                          vae_scale_factor=trainer.vae_scale,
-                          scheduler_config=trainer.scheduler_config)
-
-    def plain() -> None:
-        sample_plain(model, sample_cond, height=args.res, width=args.res,
-                     num_steps=args.sample_steps, churn=0.1,
-                     generator=torch.Generator().manual_seed(1),
-                     vae_scale_factor=trainer.vae_scale,
-                     scheduler_config=trainer.scheduler_config)
+    def sampling(sampler: Callable) -> Callable[[], None]:
+        """The same sampling call, with or without the per-step log-probabilities."""
+        return lambda: sampler(model, sample_cond, height=args.res, width=args.res,
+                               num_steps=args.sample_steps, churn=0.1,
+                               generator=torch.Generator().manual_seed(1),
+                               vae_scale_factor=trainer.vae_scale,
+                               scheduler_config=trainer.scheduler_config)
+    with_logprobs, plain = sampling(sample_trajectory), sampling(sample_plain)
 
     clock = Clock(dev.type)
     fns = {"sft": sft_step, "flow-dpo": dpo_step, "sample+logprob": with_logprobs,

@@ -23,17 +23,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+import builders  # benchmarks/ is the script's own folder
+
 os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
-
-
-def _tiny_helpers():
-    # tests/tiny_gdino.py holds the builders; it is a plain module, importable from tests/.
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("tiny_gdino", ROOT / "tests" / "tiny_gdino.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def build_t_shaped(directory: Path, tiny) -> Path:
@@ -118,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--check-conversion", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tiny = _tiny_helpers()
+    tiny = builders.load("tiny_gdino")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiny_dir = tiny.build_tiny_gdino(tmp / "tiny")

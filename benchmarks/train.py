@@ -30,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from peak_rss import PeakRSS  # benchmarks/ is the script's own folder
+# benchmarks/ is the script's own folder
+from peak_rss import PeakRSS
+from builders import step_spec, tiny_flux
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
 
 SETUPS = {  # name: (cache enabled, gradient checkpointing)
@@ -43,27 +44,13 @@ SETUPS = {  # name: (cache enabled, gradient checkpointing)
 }
 
 
-def _tiny_flux():
-    # tests/tiny_flux.py holds the builder; it is a plain module, importable from tests/.
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("tiny_flux", ROOT / "tests" / "tiny_flux.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_flux"] = mod  # dataclasses look their module up while defining
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def build(workdir: Path, res: int) -> tuple[Path, Path]:
     import numpy as np
     from PIL import Image
 
     from science_t2i.training.datasets import write_jsonl_dataset
-    tf = _tiny_flux()
-    spec = tf.TinyFluxSpec(latent_channels=16, vae_blocks=(32, 64, 64, 64), clip_hidden=128,
-                           t5_hidden=256, t5_max_length=128, heads=4, head_dim=64,
-                           axes_dims_rope=(8, 28, 28), num_layers=2, num_single_layers=4,
-                           guidance_embeds=True)
-    tf.build_tiny_flux_pipeline(workdir / "flux", spec)
+    tf = tiny_flux()
+    tf.build_tiny_flux_pipeline(workdir / "flux", step_spec(tf))
     rng = np.random.default_rng(0)
     records = [{"implicit_prompt": [f"an object under condition {i}", f"scene number {i}"],
                 "explicit_image": [Image.fromarray(rng.integers(0, 255, (res + 16 * i, res, 3),
