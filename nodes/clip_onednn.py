@@ -104,10 +104,9 @@ def _run_block(h: torch.Tensor, b: _Block, batch: int, tokens: int,
     x = F.layer_norm(h, (d,), b.ln1.weight, b.ln1.bias, b.ln1.eps)
     h = _linear_add(_attention(x, b, batch, tokens, causal), h, b.out)
     x = F.layer_norm(h, (d,), b.ln2.weight, b.ln2.bias, b.ln2.eps)
-    if b.gelu is not None:
-        x = _linear(x, b.fc1.weight, b.fc1.bias, b.gelu)
-    else:
-        x = b.act(_linear(x, b.fc1.weight, b.fc1.bias))
+    x = _linear(x, b.fc1.weight, b.fc1.bias, b.gelu)
+    if b.gelu is None:  # an activation oneDNN has no fused form of (QuickGELU, ...)
+        x = b.act(x)
     return _linear_add(x, h, b.fc2)
 
 
