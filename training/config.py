@@ -258,6 +258,19 @@ def config_digest(cfg: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def settings_digest(settings: dict[str, Any]) -> str:
+    """Short stable hash of the config sections a run must keep to be resumed (each trainer
+    picks them: the rest, such as step counts and checkpoint frequency, may change)."""
+    return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:16]
+
+
+def require_at_least(checks: tuple[tuple[str, float, float], ...]) -> None:
+    """(setting name, value, lowest allowed) -> a clear error for the first one too small."""
+    for name, value, low in checks:
+        if value < low:
+            raise ScienceT2IError(f"{name} must be >= {low}; got {value}.")
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomic), so a run records what it trained with."""
     import yaml

@@ -22,7 +22,6 @@ servers instead), and ``train.grad_accum`` micro-batches of pairs make an optimi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,8 @@ import torch
 
 from ..nodes.errors import ScienceT2IError
 from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
-from .config import config_digest, config_to_dict, save_config
+from .config import (config_digest, config_to_dict, require_at_least, save_config,
+                     settings_digest)
 from .flux_math import sample_sigmas
 from .flux_sampler import (Trajectory, latent_image_ids, pack_mask, predict_velocity,
                            transition_log_prob)
@@ -148,16 +148,14 @@ class DPOConfig:
 
     def __post_init__(self) -> None:
         r, t = self.rollout, self.train
-        for name, value, low in (("rollout.prompts_per_round", r.prompts_per_round, 1),
-                                 ("rollout.samples_per_prompt", r.samples_per_prompt, 2),
-                                 ("rollout.steps", r.steps, 1),
-                                 ("rollout.batch_size", r.batch_size, 1),
-                                 ("train.rounds", t.rounds, 1),
-                                 ("train.inner_epochs", t.inner_epochs, 1),
-                                 ("train.pairs_per_step", t.pairs_per_step, 1),
-                                 ("train.grad_accum", t.grad_accum, 1)):
-            if value < low:
-                raise ScienceT2IError(f"{name} must be >= {low}; got {value}.")
+        require_at_least((("rollout.prompts_per_round", r.prompts_per_round, 1),
+                          ("rollout.samples_per_prompt", r.samples_per_prompt, 2),
+                          ("rollout.steps", r.steps, 1),
+                          ("rollout.batch_size", r.batch_size, 1),
+                          ("train.rounds", t.rounds, 1),
+                          ("train.inner_epochs", t.inner_epochs, 1),
+                          ("train.pairs_per_step", t.pairs_per_step, 1),
+                          ("train.grad_accum", t.grad_accum, 1)))
         if self.objective.kind == "oft" and r.source == "comfy":
             raise ScienceT2IError(
                 "objective.kind=oft needs the sampler's per-step log-probabilities, which only "
@@ -176,7 +174,7 @@ def resume_digest(cfg: DPOConfig) -> str:
     d = config_to_dict(cfg)
     keep = {k: d[k] for k in ("model", "lora", "optim", "rollout", "reward", "mask", "objective")}
     keep["train"] = {k: v for k, v in d["train"].items() if k != "rounds"}
-    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
+    return settings_digest(keep)
 
 
 # ----------------------------------------------------------------------------- reference policy

@@ -25,7 +25,8 @@ import torch
 
 from ..nodes.errors import ScienceT2IError
 from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
-from .config import config_digest, config_to_dict, save_config
+from .config import (config_digest, config_to_dict, require_at_least, save_config,
+                     settings_digest)
 from .flux_math import (flow_matching_loss, flow_target, latent_image_ids, noisy_latents,
                         pack_latents, sample_sigmas, text_ids)
 from .flux_model import LORA_TARGETS
@@ -129,14 +130,12 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         t = self.train
-        for name, value, low in (("train.max_steps", t.max_steps, 1),
-                                 ("train.batch_size", t.batch_size, 1),
-                                 ("train.grad_accum", t.grad_accum, 1),
-                                 ("data.resolution", self.data.resolution, 16),
-                                 ("cache.batch_size", self.cache.batch_size, 1),
-                                 ("log.every", self.log.every, 1)):
-            if value < low:
-                raise ScienceT2IError(f"{name} must be >= {low}; got {value}.")
+        require_at_least((("train.max_steps", t.max_steps, 1),
+                          ("train.batch_size", t.batch_size, 1),
+                          ("train.grad_accum", t.grad_accum, 1),
+                          ("data.resolution", self.data.resolution, 16),
+                          ("cache.batch_size", self.cache.batch_size, 1),
+                          ("log.every", self.log.every, 1)))
         if self.optim.lr <= 0:
             raise ScienceT2IError(f"optim.lr must be > 0; got {self.optim.lr}.")
 
@@ -148,7 +147,7 @@ def resume_digest(cfg: SFTConfig) -> str:
     keep = {k: d[k] for k in ("model", "lora", "optim", "data")}
     keep["train"] = {k: v for k, v in d["train"].items() if k != "max_steps"}
     keep["cache"] = {k: d["cache"][k] for k in ("dtype", "max_sequence_length")}
-    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
+    return settings_digest(keep)
 
 
 # ----------------------------------------------------------------------------- helpers
