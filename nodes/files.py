@@ -77,23 +77,34 @@ def atomic_directory(target: str | os.PathLike, tmp_prefix: str = ".tmp-") -> It
     tmp = Path(tempfile.mkdtemp(prefix=f"{tmp_prefix}{target.name}-", dir=target.parent))
     try:
         yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        if target.exists():  # replacing: move the old one aside, then swap
-            old = target.parent / f"{tmp_prefix}old-{target.name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        fsync_dir(target.parent)
+        commit_directory(tmp, target, tmp_prefix)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def commit_directory(tmp: str | os.PathLike, target: str | os.PathLike,
+                     tmp_prefix: str = ".tmp-") -> None:
+    """Flush the finished folder ``tmp`` (files and entries) and rename it to ``target``,
+    replacing an existing ``target`` by moving it aside first. Several processes may have
+    written into ``tmp``; only one calls this."""
+    tmp, target = Path(tmp), Path(target)
+    # mkdtemp makes folders private (0700); give them what a plain mkdir would
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    if target.exists():  # replacing: move the old one aside, then swap
+        old = target.parent / f"{tmp_prefix}old-{target.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    fsync_dir(target.parent)
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:

@@ -8,7 +8,6 @@ converted layers are counted against the MODEL's own key map before anything is 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from . import _comfy
+from .digest import json_digest
 from .errors import ScienceT2IError
 from .files import PICKLE_SUFFIXES, load_safetensors, safetensors_metadata, save_safetensors_atomic
 from .lora_keys import is_diffusers_module, normalise_state_dict
@@ -198,12 +198,6 @@ def apply_lora(model: Any, lora: LoraFile, strength: float) -> tuple[Any, str]:
 
 # ----------------------------------------------------------------------------- writing
 
-def config_digest(config: dict) -> str:
-    """sha256 of the config as canonical JSON (sorted keys), so equal configs match."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def save_flux_lora(transformer: Any, path: str | Path, *, adapter_name: str = "default",
                    base_model: str = "black-forest-labs/FLUX.1-dev",
                    training_config: dict | None = None,
@@ -276,7 +270,7 @@ def save_flux_lora(transformer: Any, path: str | Path, *, adapter_name: str = "d
         META_PREFIX + "base_model": base_model,
     }
     if training_config is not None:
-        metadata[META_PREFIX + "training_config_sha256"] = config_digest(training_config)
+        metadata[META_PREFIX + "training_config_sha256"] = json_digest(training_config)
         metadata[META_PREFIX + "training_config"] = json.dumps(training_config, sort_keys=True,
                                                                default=str)
     for key, value in (extra_metadata or {}).items():

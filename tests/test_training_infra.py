@@ -19,9 +19,9 @@ import torch
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.training.checkpoints import (CheckpointManager, capture_rng_state,
                                               restore_rng_state)
-from science_t2i.training.config import (config_digest, config_to_dict, load_config,
-                                         save_config)
+from science_t2i.training.config import config_to_dict, load_config, save_config
 from science_t2i.training.run_log import RunLog
+from science_t2i.training.trainer import resume_digest
 
 
 @dataclass
@@ -110,15 +110,62 @@ def test_missing_or_malformed_file(tmp_path):
         load_config(Cfg, bad, [])
 
 
-def test_digest_and_dict_roundtrip(tmp_path):
+def test_resume_digest_ignores_only_the_keys_a_resume_may_change(tmp_path):
+    import hashlib
     a = load_config(Cfg, None, [])
     b = load_config(Cfg, None, ["optim.lr=3e-5"])
-    assert config_digest(a) != config_digest(b)
-    assert config_digest(a) == config_digest(load_config(Cfg, None, []))
+    assert resume_digest(a, ()) != resume_digest(b, ())
+    assert resume_digest(a, ("optim.lr",)) == resume_digest(b, ("optim.lr",))
+    assert resume_digest(a, ("optim",)) == resume_digest(b, ("optim",))
+    assert resume_digest(a, ("steps",)) != resume_digest(b, ("steps",))
+    # independently: sha256 of the config as canonical JSON without the excluded keys
     d = config_to_dict(b)
-    assert d["optim"]["lr"] == 3e-5 and d["output_dir"] == "out"
+    del d["steps"]
+    del d["optim"]["use_8bit"]
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    assert resume_digest(b, ("steps", "optim.use_8bit")) == \
+        hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert config_to_dict(b)["optim"]["use_8bit"] is False   # the config itself is untouched
+    assert d["optim"]["lr"] == 3e-5 and config_to_dict(b)["output_dir"] == "out"
     save_config(b, tmp_path / "cfg.yaml")
-    assert config_digest(load_config(Cfg, tmp_path / "cfg.yaml", [])) == config_digest(b)
+    assert resume_digest(load_config(Cfg, tmp_path / "cfg.yaml", []), ()) == \
+        resume_digest(b, ())
+
+
+def test_renamed_keys_point_at_their_new_names(tmp_path):
+    from science_t2i.training.train_sciscore import SciScoreTrainConfig
+    with pytest.raises(ScienceT2IError, match="'save_every' is now 'checkpoint.every'"):
+        load_config(SciScoreTrainConfig, None, ["save_every=5"])
+    f = tmp_path / "old.yaml"
+    f.write_text("optim:\n  max_steps: 10\n")
+    with pytest.raises(ScienceT2IError, match="'optim.max_steps' is now 'train.max_steps'"):
+        load_config(SciScoreTrainConfig, f, [])
+    assert load_config(SciScoreTrainConfig, None, ["train.max_steps=10"]).train.max_steps == 10
+
+
+@pytest.mark.parametrize("name", ["constant_with_warmup", "linear", "cosine"])
+def test_lr_schedules_are_the_library_formulas(name):
+    """The schedule against the formulas written out: warm-up s / W from 0, then constant,
+    linear decay (T - s) / (T - W) or cosine 0.5 (1 + cos(pi (s - W) / (T - W)))."""
+    import math
+
+    from science_t2i.training.sections import OptimSection
+    from science_t2i.training.trainer import make_scheduler
+    W, T, lr = 4, 20, 0.5
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make_scheduler(opt, OptimSection(lr=lr, schedule=name, warmup_steps=W), T)
+    for s in range(T + 1):
+        if s < W:
+            want = s / W
+        elif name == "constant_with_warmup":
+            want = 1.0
+        elif name == "linear":
+            want = (T - s) / (T - W)
+        else:
+            want = 0.5 * (1 + math.cos(math.pi * (s - W) / (T - W)))
+        assert sched.get_last_lr()[0] == pytest.approx(lr * want, abs=1e-12), (name, s)
+        opt.step()
+        sched.step()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -205,6 +252,30 @@ def test_load_for_resume_checks_the_settings_digest(tmp_path):
     assert path.name == "checkpoint-00000002" and torch.equal(state["w"], torch.full((2,), 2.0))
     with pytest.raises(ScienceT2IError, match=r"different settings.*only train\.max_steps"):
         mgr.load_for_resume("changed", "train.max_steps")
+
+
+def test_per_process_parts_and_the_process_count(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    parts = [{"rng": {"x": torch.full((2,), float(r))}, "rank": r} for r in range(3)]
+    path = mgr.save(4, {"resume_digest": "d", "w": torch.ones(1)}, parts=parts)
+    assert mgr.processes(path) == 3
+    for r in range(3):
+        got = mgr.load_part(path, r)
+        assert got["rank"] == r and torch.equal(got["rng"]["x"], torch.full((2,), float(r)))
+    assert sorted(p.name for p in path.iterdir()) == [
+        "process-0.json", "process-0.safetensors", "process-1.json", "process-1.safetensors",
+        "process-2.json", "process-2.safetensors", "state.json", "state.safetensors"]
+    got_path, state = mgr.load_for_resume("d", "x", processes=3)
+    assert got_path == path and torch.equal(state["w"], torch.ones(1))
+    with pytest.raises(ScienceT2IError, match=r"3 process\(es\) and this run has 2.*"
+                                              r"--num_processes 3"):
+        mgr.load_for_resume("d", "x", processes=2)
+    # a checkpoint of an earlier format is refused with what to do
+    meta = json.loads((path / "state.json").read_text())
+    meta["format_version"] = 1
+    (path / "state.json").write_text(json.dumps(meta))
+    with pytest.raises(ScienceT2IError, match="format version 1.*start a new run"):
+        mgr.load(path)
 
 
 def test_load_errors(tmp_path):

@@ -1,10 +1,12 @@
 """Training checkpoints: atomic, pickle-free, keep the last K.
 
-A checkpoint is a folder ``checkpoint-<step>`` holding ``tensors.safetensors`` (every tensor
-of the state, e.g. LoRA weights, optimizer moments, RNG states) and ``state.json`` (the rest
-of the nested state, with references to the tensors). It is written into a hidden temporary
-folder and renamed into place only when complete, so a run killed mid-write (SIGKILL, power
-loss) leaves the previous checkpoint untouched and ``latest()`` never returns a partial one.
+A checkpoint is a folder ``checkpoint-<step>`` holding ``state.safetensors`` (every tensor of
+the shared state, e.g. LoRA weights, optimizer moments) and ``state.json`` (the rest of the
+nested state, with references to the tensors), and one ``process-<rank>.json`` /
+``.safetensors`` part per process for what it alone holds (its RNG states, its rollouts). It
+is assembled in a hidden staging folder and renamed into place only when complete, so a run
+killed mid-write (SIGKILL, power loss) leaves the previous checkpoint untouched and
+``latest()`` never returns a partial one.
 No pickle is involved: loading runs no code from the file.
 """
 from __future__ import annotations
@@ -20,11 +22,11 @@ import numpy as np
 import torch
 
 from ..nodes.errors import ScienceT2IError
-from ..nodes.files import atomic_directory
+from ..nodes.files import commit_directory
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-"  # temporaries in the checkpoints folder: .tmp-checkpoint-<step>-*, .tmp-old-*
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-process parts and the process count
 
 
 # ----------------------------------------------------------------------------- (de)serialising
@@ -112,7 +114,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 class CheckpointManager:
     """Save/load ``checkpoint-<step>`` folders under ``output_dir``; keep the last ``keep_last``
-    (0 keeps all)."""
+    (0 keeps all).
+
+    A checkpoint holds the run's shared state (``state.json`` + ``tensors.safetensors``, written
+    by one process) and, in a run of several processes, one part per process
+    (``process-<rank>.json`` + ``.safetensors``: its random state, its rollouts). All of it is
+    written into a staging folder (``begin``, ``write_part``), which ``commit`` renames into
+    place in one step, so a kill at any point leaves the previous checkpoint as the latest.
+    """
 
     def __init__(self, output_dir: str | Path, keep_last: int = 3):
         if keep_last < 0:
@@ -139,25 +148,60 @@ class CheckpointManager:
     def path_for(self, step: int) -> Path:
         return self.output_dir / f"checkpoint-{int(step):08d}"
 
+    def staging_path(self, step: int) -> Path:
+        """Where checkpoint ``step`` is assembled; every process derives the same name."""
+        return self.output_dir / f"{TMP_PREFIX}{self.path_for(step).name}"
+
     def _clean_temporaries(self) -> None:
         # left behind by a run killed mid-write; never valid checkpoints
         for p in self.output_dir.glob(TMP_PREFIX + "*"):
             shutil.rmtree(p, ignore_errors=True)
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        from safetensors.torch import save_file
+    # --- writing ---------------------------------------------------------------------------
+    def begin(self, step: int) -> Path:
+        """Create the staging folder of checkpoint ``step`` (one process; the others wait)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._clean_temporaries()
+        staging = self.staging_path(step)
+        staging.mkdir()
+        return staging
+
+    @staticmethod
+    def _write(folder: Path, name: str, state: dict[str, Any], header: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
         tensors: dict[str, torch.Tensor] = {}
         encoded = _encode(state, tensors, "")
+        save_file(tensors, str(folder / f"{name}.safetensors"),
+                  metadata={"format": "science-t2i-checkpoint"})
+        (folder / f"{name}.json").write_text(json.dumps({**header, "state": encoded}),
+                                             encoding="utf-8")
+
+    def write_part(self, staging: Path, rank: int, state: dict[str, Any]) -> None:
+        """One process's own part of the checkpoint being staged."""
+        self._write(staging, f"process-{int(rank)}", state, {"format_version": FORMAT_VERSION})
+
+    def commit(self, staging: Path, step: int, state: dict[str, Any],
+               processes: int = 1) -> Path:
+        """Write the shared state into the staging folder and rename it into place (the
+        process that called ``begin``, after every part was written)."""
+        self._write(staging, "state", state, {"format_version": FORMAT_VERSION,
+                                              "step": int(step), "processes": int(processes)})
         final = self.path_for(step)
-        with atomic_directory(final, tmp_prefix=TMP_PREFIX) as tmp:
-            save_file(tensors, str(tmp / "tensors.safetensors"),
-                      metadata={"format": "science-t2i-checkpoint"})
-            meta = {"format_version": FORMAT_VERSION, "step": int(step), "state": encoded}
-            (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+        commit_directory(staging, final, TMP_PREFIX)
         self._prune()
         return final
+
+    def save(self, step: int, state: dict[str, Any],
+             parts: list[dict[str, Any]] | None = None) -> Path:
+        """Write a whole checkpoint from one process (``parts``: per-process states)."""
+        staging = self.begin(step)
+        try:
+            for rank, part in enumerate(parts or []):
+                self.write_part(staging, rank, part)
+            return self.commit(staging, step, state, processes=max(1, len(parts or [])))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def _prune(self) -> None:
         if self.keep_last <= 0:
@@ -165,19 +209,14 @@ class CheckpointManager:
         for p in self.checkpoints()[:-self.keep_last]:
             shutil.rmtree(p, ignore_errors=True)
 
-    def load(self, path: str | Path | None = None) -> dict[str, Any]:
-        """Load a checkpoint folder (default: the latest); returns the saved state dict."""
+    # --- reading ---------------------------------------------------------------------------
+    @staticmethod
+    def _read(path: Path, name: str) -> dict[str, Any]:
         from safetensors.torch import load_file
-        if path is None:
-            path = self.latest()
-            if path is None:
-                raise ScienceT2IError(f"no checkpoint found in {self.output_dir}; start without "
-                                      "--resume or point output_dir at the run to continue.")
-        path = Path(path)
-        meta_file, tensor_file = path / "state.json", path / "tensors.safetensors"
+        meta_file, tensor_file = path / f"{name}.json", path / f"{name}.safetensors"
         if not meta_file.is_file() or not tensor_file.is_file():
-            raise ScienceT2IError(f"{path} is not a complete checkpoint (state.json and "
-                                  "tensors.safetensors expected); pick another checkpoint-* "
+            raise ScienceT2IError(f"{path} is not a complete checkpoint ({meta_file.name} and "
+                                  f"{tensor_file.name} expected); pick another checkpoint-* "
                                   "folder.")
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -186,20 +225,55 @@ class CheckpointManager:
             raise ScienceT2IError(f"checkpoint {path} is unreadable ({exc}); delete it and "
                                   "resume from an older one.") from exc
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ScienceT2IError(f"checkpoint {path} has format version "
-                                  f"{meta.get('format_version')}, this version reads "
-                                  f"{FORMAT_VERSION}.")
-        state = _decode(meta["state"], tensors)
-        return state
+            raise ScienceT2IError(
+                f"checkpoint {path} has format version {meta.get('format_version')}, this "
+                f"version reads {FORMAT_VERSION}; finish that run with the version that wrote "
+                "it, or start a new run.")
+        meta["state"] = _decode(meta["state"], tensors)
+        return meta
 
-    def load_for_resume(self, digest: str, what_may_change: str) -> tuple[Path, dict[str, Any]]:
-        """The latest checkpoint for ``--resume``: refused when there is none, or when it was
+    def _resolve(self, path: str | Path | None) -> Path:
+        if path is None:
+            path = self.latest()
+            if path is None:
+                raise ScienceT2IError(f"no checkpoint found in {self.output_dir}; start without "
+                                      "--resume or point output_dir at the run to continue.")
+        return Path(path)
+
+    def load(self, path: str | Path | None = None) -> dict[str, Any]:
+        """The shared state of a checkpoint folder (default: the latest)."""
+        return self._read(self._resolve(path), "state")["state"]
+
+    def processes(self, path: str | Path | None = None) -> int:
+        """How many processes wrote the checkpoint."""
+        path = self._resolve(path)
+        try:
+            return int(json.loads((path / "state.json").read_text(encoding="utf-8"))
+                       .get("processes", 1))
+        except (OSError, ValueError) as exc:
+            raise ScienceT2IError(f"checkpoint {path} is unreadable ({exc}).") from exc
+
+    def load_part(self, path: str | Path, rank: int) -> dict[str, Any]:
+        """Process ``rank``'s own part of a checkpoint."""
+        return self._read(Path(path), f"process-{int(rank)}")["state"]
+
+    def load_for_resume(self, digest: str, what_may_change: str,
+                        processes: int = 1) -> tuple[Path, dict[str, Any]]:
+        """The latest checkpoint for ``--resume``: refused when there is none, when it was
         written with settings whose digest differs (resuming those would not continue the
-        same run). ``what_may_change`` names the settings a resume may alter."""
+        same run), or by another number of processes. ``what_may_change`` names the settings a
+        resume may alter."""
         path = self.latest()
         if path is None:
             raise ScienceT2IError(f"--resume: no checkpoint in {self.output_dir}; run without "
                                   "--resume to start a new run.")
+        written_by = self.processes(path)
+        if written_by != processes:
+            raise ScienceT2IError(
+                f"--resume: {path} was written by a run of {written_by} process(es) and this "
+                f"run has {processes}. Each process's random state and share of the data are "
+                f"in the checkpoint, so resume with the same count (accelerate launch "
+                f"--num_processes {written_by} ...), or start a new run in a new output_dir.")
         state = self.load(path)
         if state.get("resume_digest") != digest:
             raise ScienceT2IError(
