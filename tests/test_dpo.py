@@ -34,7 +34,8 @@ EVAL_PROMPTS = [RolloutPrompt(f"a red apple number {i}", "apple") for i in range
 
 def fresh_reward(trainer: DPOTrainer) -> float:
     """Mean reward of fresh rollouts with fixed prompts and seed (not used in training)."""
-    return float(trainer.source.generate(EVAL_PROMPTS, 8, seed=987654).rewards.mean())
+    seeds = [987654 + i for i in range(len(EVAL_PROMPTS))]
+    return float(trainer.source.generate(EVAL_PROMPTS, 8, seeds).rewards.mean())
 
 
 def _velocity(model, cond, x, sigma):
@@ -190,8 +191,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(flux_dir, prompts, tmp_
             proc.wait()
     from science_t2i.training.checkpoints import CheckpointManager
     saved = CheckpointManager(out / "checkpoints").load(ckpt)
-    assert saved["round"] == 0 and saved["position"] == 2 and "buffer" in saved
-    assert saved["buffer"]["trajectory"]["latents"].shape[:2] == (12, 4)
+    assert saved["round"] == 0 and saved["position"] == 2
+    assert saved["round_rewards"].shape == (3, 4)
+    part = CheckpointManager(out / "checkpoints").load_part(ckpt, 0)
+    assert part["buffer"]["trajectory"]["latents"].shape[:2] == (12, 4)
+    assert "rng" in part and part["buffer"]["prompt_indices"] == [0, 1, 2]
 
     resumed = train_dpo(cfg, resume=True)
     a, b = _lora(straight), _lora(resumed)
@@ -213,7 +217,7 @@ def test_flow_dpo_with_rollouts_on_comfyui_servers(flux_dir, prompts, tmp_path):
                       "objective.kind=flow-dpo", "train.rounds=2", "comfy.poll_interval=0.01",
                       f"comfy.lora_dir={loras}", "mask.enabled=true")
         trainer = DPOTrainer(cfg, comfy_servers=[a.url, b.url]).setup()
-        probe = trainer.source.generate(EVAL_PROMPTS[:2], 4, seed=1)
+        probe = trainer.source.generate(EVAL_PROMPTS[:2], 4, [1, 2])
         path = trainer.run()
     # the graph's subject masks (the fake draws the left half) on the 4x4 latent grid
     assert probe.latent_masks.shape == (8, 1, 4, 4)
@@ -277,7 +281,7 @@ def test_masked_oft_with_grounding_dino_subject_masks(flux_dir, prompts, tmp_pat
                   "mask.box_threshold=0.05", "mask.text_threshold=0.05", "train.rounds=1",
                   "objective.kind=oft")
     trainer = DPOTrainer(cfg).setup()
-    batch = trainer.source.generate(EVAL_PROMPTS[:2], 2, seed=3)
+    batch = trainer.source.generate(EVAL_PROMPTS[:2], 2, [3, 4])
     assert batch.latent_masks.shape == (4, 1, 4, 4)
     # independently: the detector's merged box, cut on the 4x4 latent grid by truncation
     detector = load_grounding_dino(str(gdino), device="cpu")

@@ -1,5 +1,6 @@
 """Stage-2 trainer and accelerate: gradient accumulation over micro-batches of pairs, the cached
-adapter switch, one process only."""
+adapter switch, the precision reaching the one Accelerator. (Several processes:
+test_multiprocess.py.)"""
 from __future__ import annotations
 
 
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training import dpo as dpo_mod
 from science_t2i.training.config import load_config
 from science_t2i.training.dpo import DPOConfig, DPOTrainer, adapter_disabled, lora_layers
 from science_t2i.training.flux_sampler import latent_image_ids, predict_velocity
@@ -33,16 +33,16 @@ def test_accumulated_step_uses_the_mean_gradient_of_its_micro_batches(flux_dir, 
     trainer = trainer_for(flux_dir, prompts, tmp_path, "objective.kind=flow-dpo",
                           "train.pairs_per_step=1", "train.grad_accum=3",
                           "optim.max_grad_norm=0")
-    batch = trainer.generate_round()
+    batch, _ = trainer.generate_round()
     pairs = [Pair(i, 0, 1, 1.0) for i in range(3)]
     with torch.no_grad():  # a non-zero adapter, so the reference and the policy differ
         for p in trainer.params:
             p.normal_(0, 0.05)
-    # each micro-batch's gradient on its own, with the noise/timestep draw it gets in the step
+    # each pair's gradient on its own, with the noise/timestep draw it gets in the step
     singles = []
-    for k, pair in enumerate(pairs):
+    for pair in pairs:
         trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.flow_dpo_step(batch, [pair], micro=k)
+        trainer.flow_dpo_step(batch, [(0, pair)], torch.ones(1))
         singles.append(_grads(trainer))
     trainer.optimizer.zero_grad(set_to_none=True)
     expected = [sum(g[i] for g in singles) / 3 for i in range(len(trainer.params))]
@@ -51,7 +51,7 @@ def test_accumulated_step_uses_the_mean_gradient_of_its_micro_batches(flux_dir, 
     seen = []
     real_step = trainer.optimizer.step
     trainer.optimizer.step = lambda *a, **k: (seen.append(_grads(trainer)), real_step(*a, **k))
-    metrics = trainer.train_step(batch, [[p] for p in pairs])
+    metrics = trainer.train_step(batch, [(0, p) for p in pairs])
     assert trainer.step == 1 and len(seen) == 1
     for got, want in zip(seen[0], expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
@@ -79,7 +79,7 @@ def test_cached_adapter_switch_gives_the_reference(flux_dir, prompts, tmp_path):
         for p in trainer.params:
             p.normal_(0, 0.5)
     g = torch.Generator().manual_seed(0)
-    batch = trainer.generate_round()
+    batch, _ = trainer.generate_round()
     cond = batch.conditioning([0, 1], trainer.device)
     x = torch.randn(2, 4, 4, generator=g)
     ids = latent_image_ids(RES // 2, RES // 2)
@@ -99,18 +99,6 @@ def test_cached_adapter_switch_gives_the_reference(flux_dir, prompts, tmp_path):
     torch.testing.assert_close(again, policy)  # switched back on
 
 
-def test_more_than_one_process_is_refused(flux_dir, prompts, tmp_path, monkeypatch):
-    real = dpo_mod.make_accelerator
-
-    def two_processes(precision):
-        acc, p = real(precision)
-        monkeypatch.setattr(type(acc), "num_processes", property(lambda self: 2))
-        return acc, p
-    monkeypatch.setattr(dpo_mod, "make_accelerator", two_processes)
-    with pytest.raises(ScienceT2IError, match="single process.*--comfy"):
-        trainer_for(flux_dir, prompts, tmp_path)
-
-
 def test_grad_accum_must_be_positive(flux_dir, prompts, tmp_path):
     with pytest.raises(ScienceT2IError, match="train.grad_accum must be >= 1"):
         load_config(DPOConfig, None, dpo_overrides(flux_dir, prompts, tmp_path,
@@ -123,8 +111,8 @@ def test_mixed_precision_reaches_the_one_accelerator(flux_dir, prompts, tmp_path
     # for CUDA here by letting bf16 through.
     from accelerate.state import AcceleratorState
 
-    from science_t2i.training import sft
-    monkeypatch.setattr(sft, "resolve_precision", lambda requested, device: requested)
+    from science_t2i.training import trainer as core
+    monkeypatch.setattr(core, "resolve_precision", lambda requested, device: requested)
     AcceleratorState._reset_state(True)
     try:
         trainer = trainer_for(flux_dir, prompts, tmp_path, "train.mixed_precision=bf16")

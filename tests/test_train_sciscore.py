@@ -39,7 +39,7 @@ def scenes(tmp_path_factory):
 def _config(clip_dir: Path, train: Path, test: Path, out: Path, **over) -> ts.SciScoreTrainConfig:
     overrides = [f"data.path={train}", "data.split=", f"data.eval_path={test}",
                  "data.eval_split=", f"model.init={clip_dir}", f"output_dir={out}",
-                 "data.num_workers=2", "progress=false"]
+                 "data.num_workers=2", "log.progress=false"]
     overrides += [f"{k}={v}" for k, v in over.items()]
     return load_config(ts.SciScoreTrainConfig, None, overrides)
 
@@ -125,9 +125,9 @@ def test_tiny_clip_learns_the_phenomena_and_the_best_model_loads_in_the_node(
     held_images = [[image_tensor(r.explicit_images[0]), image_tensor(r.superficial_images[0])]
                    for r in held]
     cfg = _config(tiny_clip_dir, scenes["train"], scenes["test"], tmp_path / "run",
-                  **{"optim.lr": 3e-3, "optim.warmup_steps": 5, "optim.max_steps": 60,
-                     "optim.batch_size": 16, "optim.micro_batch_size": 16, "eval.every": 20,
-                     "save_every": 60})
+                  **{"optim.lr": 3e-3, "optim.warmup_steps": 5, "train.max_steps": 60,
+                     "train.batch_size": 16, "train.micro_batch_size": 16, "eval.every": 20,
+                     "checkpoint.every": 60})
     result = ts.train_sciscore(cfg)
 
     evals = {r["step"]: r["eval_accuracy"] for r in result.history if "eval_accuracy" in r}
@@ -168,9 +168,10 @@ def test_tiny_clip_learns_the_phenomena_and_the_best_model_loads_in_the_node(
 # ----------------------------------------------------------------------------- resume
 
 def test_resume_gives_the_same_tensors_as_an_uninterrupted_run(tiny_clip_dir, scenes, tmp_path):
-    over = {"optim.lr": 1e-3, "optim.warmup_steps": 2, "optim.max_steps": 6,
-            "optim.batch_size": 8, "optim.micro_batch_size": 4, "eval.every": 3,
-            "save_every": 3, "keep_last": 0, "data.eval_limit": 4, "plot_curves": False}
+    over = {"optim.lr": 1e-3, "optim.warmup_steps": 2, "train.max_steps": 6,
+            "train.batch_size": 8, "train.micro_batch_size": 4, "eval.every": 3,
+            "checkpoint.every": 3, "checkpoint.keep_last": 0, "data.eval_limit": 4,
+            "log.plot": False}
     straight = _config(tiny_clip_dir, scenes["train"], scenes["test"], tmp_path / "a", **over)
     ts.train_sciscore(straight)
     split = _config(tiny_clip_dir, scenes["train"], scenes["test"], tmp_path / "b", **over)
@@ -251,7 +252,7 @@ def test_an_empty_held_out_split_is_refused(tiny_clip_dir, scenes, tmp_path):
 
 def test_unknown_config_keys_are_rejected_naming_the_valid_ones(tmp_path, capsys):
     from science_t2i.training.cli import main
-    with pytest.raises(ScienceT2IError, match="Valid keys here: batch_size, betas, eps"):
+    with pytest.raises(ScienceT2IError, match="Valid keys here: betas, eps, lr"):
         load_config(ts.SciScoreTrainConfig, None, ["optim.learning_rate=1e-5"])
     f = tmp_path / "c.yaml"
     f.write_text("loss:\n  lambda: 0.5\n")
@@ -259,7 +260,7 @@ def test_unknown_config_keys_are_rejected_naming_the_valid_ones(tmp_path, capsys
     err = capsys.readouterr().err
     assert "'loss.lambda'" in err and "lambda_" in err
     assert main(["train-sciscore", "--print-config", "loss.lambda_=0.5",
-                 "optim.max_steps=7"]) == 0
+                 "train.max_steps=7"]) == 0
     printed = capsys.readouterr().out
     assert "lambda_: 0.5" in printed and "max_steps: 7" in printed and "lr: 2.0e-06" in printed
 
@@ -267,20 +268,27 @@ def test_unknown_config_keys_are_rejected_naming_the_valid_ones(tmp_path, capsys
 def test_defaults_are_the_papers():
     cfg = ts.SciScoreTrainConfig()
     assert cfg.loss.lambda_ == 0.25
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps, cfg.optim.max_steps,
-            cfg.optim.grad_clip, cfg.optim.batch_size) == (2e-6, 0.3, 150, 600, 1.0, 1024)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps, cfg.train.max_steps,
+            cfg.optim.max_grad_norm, cfg.train.batch_size) == (2e-6, 0.3, 150, 600, 1.0, 1024)
     assert cfg.eval.every == 10 and cfg.data.augment is False
     # warmup rises to the peak, then decays to zero at the last step
-    f = ts.lr_lambda("warmup_linear_decay", 150, 600)
-    assert f(0) < f(75) < f(149) <= 1.0 and f(150) == 1.0 and f(375) == pytest.approx(0.5)
-    assert f(600) == 0.0
+    from science_t2i.training.trainer import make_scheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    sched = make_scheduler(opt, cfg.optim, cfg.train.max_steps)
+    f = []
+    for _ in range(601):
+        f.append(sched.get_last_lr()[0] / cfg.optim.lr)
+        opt.step()
+        sched.step()
+    assert f[0] < f[75] < f[149] <= 1.0 and f[150] == 1.0 and f[375] == pytest.approx(0.5)
+    assert f[600] == 0.0
 
 
 def test_settings_that_cannot_work_are_refused(tiny_clip_dir, scenes, tmp_path):
     with pytest.raises(ScienceT2IError, match="data.path is not set"):
         ts.check_config(ts.SciScoreTrainConfig())
     cfg = _config(tiny_clip_dir, scenes["train"], scenes["test"], tmp_path,
-                  **{"optim.batch_size": 10, "optim.micro_batch_size": 4})
+                  **{"train.batch_size": 10, "train.micro_batch_size": 4})
     with pytest.raises(ScienceT2IError, match="not a multiple"):
         ts.check_config(cfg)
     cfg = _config(tiny_clip_dir, scenes["train"], scenes["test"], tmp_path,
@@ -329,15 +337,15 @@ def test_command_line_trains_and_resumes(tiny_clip_dir, scenes, tmp_path, capsys
     cfg.write_text(f"data:\n  path: {scenes['train']}\n  split: ''\n  eval_path: {scenes['test']}\n"
                    f"  eval_split: ''\n  eval_limit: 4\n  num_workers: 1\n"
                    f"model:\n  init: {tiny_clip_dir}\n  freeze_vision_tower: true\n"
-                   f"optim:\n  batch_size: 4\n  micro_batch_size: 2\n  warmup_steps: 1\n"
-                   f"output_dir: {tmp_path / 'out'}\nprogress: false\nsave_every: 2\n"
-                   "plot_curves: false\n")
-    assert main(["train-sciscore", "--config", str(cfg), "optim.max_steps=2",
+                   f"train:\n  batch_size: 4\n  micro_batch_size: 2\noptim:\n  warmup_steps: 1\n"
+                   f"output_dir: {tmp_path / 'out'}\nlog:\n  progress: false\n  plot: false\n"
+                   "checkpoint:\n  every: 2\n")
+    assert main(["train-sciscore", "--config", str(cfg), "train.max_steps=2",
                  "eval.every=2"]) == 0
     assert "best held-out accuracy" in capsys.readouterr().out
     assert (tmp_path / "out" / "best" / "model.safetensors").is_file()
     # extend the finished run by two steps (max_steps may change on resume)
-    assert main(["train-sciscore", "--config", str(cfg), "--resume", "optim.max_steps=4",
+    assert main(["train-sciscore", "--config", str(cfg), "--resume", "train.max_steps=4",
                  "eval.every=2"]) == 0
     steps = [r["step"] for r in RunLog(tmp_path / "out").records() if "loss" in r]
     assert steps == [1, 2, 3, 4]
@@ -358,10 +366,10 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tiny_clip_dir, scenes
     weights = []
     for micro in (8, 4):
         cfg = _config(tiny_clip_dir, scenes["train"], scenes["test"], tmp_path / f"m{micro}",
-                      **{"optim.lr": lr, "optim.warmup_steps": 0, "optim.max_steps": 1,
-                         "optim.batch_size": 8, "optim.micro_batch_size": micro,
-                         "optim.grad_clip": 0, "eval.at_start": False, "data.eval_limit": 2,
-                         "plot_curves": False})
+                      **{"optim.lr": lr, "optim.warmup_steps": 0, "train.max_steps": 1,
+                         "train.batch_size": 8, "train.micro_batch_size": micro,
+                         "optim.max_grad_norm": 0, "eval.at_start": False, "data.eval_limit": 2,
+                         "log.plot": False})
         ts.train_sciscore(cfg)
         weights.append(CheckpointManager(tmp_path / f"m{micro}" / "checkpoints").load()["model"])
     from safetensors.torch import load_file

@@ -92,6 +92,7 @@ class ServerFailed(Exception):
 class _Round:
     pending: "queue.Queue[RolloutRequest]"
     total: int
+    on_done: Any = None          # called with the number of images of each finished request
     results: dict[int, ServerRollout] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -168,11 +169,16 @@ class ComfyRolloutClient:
         self.client_id = uuid.uuid4().hex
 
     # --- LoRA publishing -------------------------------------------------------------------
+    @staticmethod
+    def lora_file_name(round_index: int) -> str:
+        """The name a round's LoRA is published under (every process derives the same)."""
+        return f"{LORA_PREFIX}_{round_index:06d}.safetensors"
+
     def publish_lora(self, lora_file: str | Path, round_index: int) -> str:
         """Copy the current LoRA into every server's LoRA folder (atomically, under a new name
         per round so ComfyUI's cache cannot serve the previous one) and delete older rounds'."""
         lora_file = Path(lora_file)
-        name = f"{LORA_PREFIX}_{round_index:06d}.safetensors"
+        name = self.lora_file_name(round_index)
         missing = [s.url for s in self.servers if s.lora_dir is None]
         if missing:
             raise ScienceT2IError(
@@ -293,11 +299,14 @@ class ComfyRolloutClient:
                 return
             with state.lock:
                 state.results[request.index] = result
+                if state.on_done is not None:
+                    state.on_done(request.num_images)
 
-    def run_round(self, requests: list[RolloutRequest],
-                  lora_name: str | None = None) -> list[ServerRollout]:
-        """Run every request somewhere; results in request order."""
-        state = _Round(queue.Queue(), len(requests))
+    def run_round(self, requests: list[RolloutRequest], lora_name: str | None = None,
+                  on_done: Any = None) -> list[ServerRollout]:
+        """Run every request somewhere; results in request order. ``on_done(n)`` is called
+        (from a worker thread) as each request's n images arrive."""
+        state = _Round(queue.Queue(), len(requests), on_done)
         for r in requests:
             state.pending.put(r)
         threads = [threading.Thread(target=self._worker, args=(s, state, lora_name), daemon=True,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import types
 import typing
 from pathlib import Path
@@ -227,12 +225,32 @@ def _set_path(tree: dict[str, Any], cls: type, path: list[str], value: Any) -> N
         node, node_cls = child, sub
 
 
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        keys.append(prefix + str(k))
+        if isinstance(v, dict):
+            keys += _dotted_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def _check_renamed(cls: type, keys: list[str]) -> None:
+    """Point a key of an earlier version at its new name (``cls.RENAMED_KEYS``)."""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    for key in keys:
+        if key in renamed:
+            raise ScienceT2IError(f"config key {key!r} is now {renamed[key]!r}; rename it in "
+                                  "the config file or override.")
+
+
 def load_config(cls: type[T], path: str | Path | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Build ``cls`` from its defaults, then a YAML/TOML file, then ``key.sub=value`` overrides."""
     data: dict[str, Any] = _read_file(Path(path)) if path else {}
+    _check_renamed(cls, _dotted_keys(data))
     for text in overrides:
         keys, value = _parse_override(text)
+        _check_renamed(cls, [".".join(keys)])
         _set_path(data, cls, keys, value)
     return _build(cls, data)
 
@@ -250,25 +268,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
             return {str(k): plain(x) for k, x in v.items()}
         return v
     return plain(cfg)
-
-
-def config_digest(cfg: Any) -> str:
-    """Short stable hash of a config, stored in checkpoints to spot a changed config on resume."""
-    blob = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-def settings_digest(settings: dict[str, Any]) -> str:
-    """Short stable hash of the config sections a run must keep to be resumed (each trainer
-    picks them: the rest, such as step counts and checkpoint frequency, may change)."""
-    return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:16]
-
-
-def require_at_least(checks: tuple[tuple[str, float, float], ...]) -> None:
-    """(setting name, value, lowest allowed) -> a clear error for the first one too small."""
-    for name, value, low in checks:
-        if value < low:
-            raise ScienceT2IError(f"{name} must be >= {low}; got {value}.")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -14,10 +14,17 @@ first, so "adapter disabled" is exactly the SFT model; no copy of the transforme
 The exported LoRA then stacks the SFT LoRA and the stage-2 LoRA (ranks concatenated), so it
 applies to the base FLUX model like any other LoRA.
 
+On N processes (``accelerate launch --multi_gpu --num_processes N -m
+science_t2i.training.cli dpo``) process r samples, scores and masks the round's prompts
+r, r + N, r + 2N, ... (each image's noise seeded by the prompt's place in the round and the
+image's number, so the images do not depend on N); the rewards are gathered, so every
+process knows the round's pairs and their training order. An optimizer step takes the next
+``pairs_per_step * grad_accum * N`` pairs of that order; each process trains the ones it
+sampled, every pair weighing the same, and DDP averages the gradients once per step. So N
+processes train as one process with N times ``grad_accum`` would. The main process writes
+checkpoints (each process adds its own rollouts) and the LoRA.
+
 Run it with ``science-t2i dpo --config FILE [key=value ...] [--comfy URL ...] [--resume]``.
-Device, mixed precision and backward go through the SFT trainer's accelerate setup; stage 2
-runs in one process (``accelerate launch`` with more is refused: spread rollouts over ComfyUI
-servers instead), and ``train.grad_accum`` micro-batches of pairs make an optimizer step.
 """
 from __future__ import annotations
 
@@ -25,7 +32,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,21 +40,22 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 
 from ..nodes.errors import ScienceT2IError
-from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
-from .config import (config_digest, config_to_dict, require_at_least, save_config,
-                     settings_digest)
 from .flux_math import sample_sigmas
-from .flux_sampler import (Trajectory, latent_image_ids, pack_mask, predict_velocity,
-                           transition_log_prob)
+from .flux_sampler import (Trajectory, draw_noise, latent_image_ids, pack_mask,
+                           predict_velocity, transition_log_prob)
+from .lora_trainer import LoraTrainer
 from .preference_losses import Pair, flow_dpo_loss, flow_matching_inputs, oft_loss, select_pairs
 from .rollouts import RolloutBatch, RolloutPrompt
-from .run_log import RunLog
-from .sft import (LoraSection, OptimSection, _DTYPES, _seed_for, make_accelerator,
-                  prepare_lora_training)
+from .sections import (CheckpointSection, LogSection, LoraSection, OptimSection, RunSection,
+                       require_at_least)
+from .trainer import generator_for, seed_for
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "rollout.json"
+
+# a pair in a round's training order: (inner epoch, pair)
+Scheduled = tuple[int, Pair]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -63,7 +70,7 @@ class DPOModelSection:
 class RolloutSection:
     prompts: str = ""         # JSON list of {"prompt", "object"} (science_t2i_rollout_prompts.json)
     source: Literal["in-process", "comfy"] = "in-process"
-    prompts_per_round: int = 8
+    prompts_per_round: int = 8    # over all processes: each samples its share
     samples_per_prompt: int = 2
     steps: int = 30
     churn: float = 0.1
@@ -99,26 +106,11 @@ class ObjectiveSection:
 
 
 @dataclass
-class DPOTrainSection:
+class DPOTrainSection(RunSection):
     rounds: int = 100
     inner_epochs: int = 1
-    pairs_per_step: int = 1   # pairs per micro-batch (oft accumulates over all timesteps)
-    grad_accum: int = 1       # micro-batches per optimizer step
-    seed: int = 0
-    mixed_precision: Literal["bf16", "fp16", "fp32"] = "bf16"   # fp32 on CPU
-    gradient_checkpointing: bool = True
-
-
-@dataclass
-class CheckpointSection:
-    every: int = 10           # optimizer steps; 0 = end of each round only
-    keep_last: int = 3
-
-
-@dataclass
-class LogSection:
-    plot_every: int = 1       # rounds
-    progress: bool = True
+    pairs_per_step: int = 1   # pairs per micro-batch on one process (oft: all timesteps)
+    grad_accum: int = 1       # micro-batches per process and optimizer step
 
 
 @dataclass
@@ -142,8 +134,9 @@ class DPOConfig:
     mask: MaskSection = field(default_factory=MaskSection)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     train: DPOTrainSection = field(default_factory=DPOTrainSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    log: LogSection = field(default_factory=LogSection)
+    checkpoint: CheckpointSection = field(default_factory=lambda: CheckpointSection(every=10))
+    # plot_every counts rounds here
+    log: LogSection = field(default_factory=lambda: LogSection(plot_every=1))
     comfy: ComfySection = field(default_factory=ComfySection)
 
     def __post_init__(self) -> None:
@@ -165,16 +158,6 @@ class DPOConfig:
                                   "> 0 (the paper uses 0.1).")
         if not 0 < self.objective.timestep_fraction <= 1:
             raise ScienceT2IError("objective.timestep_fraction must be in (0, 1].")
-        if self.optim.lr <= 0:
-            raise ScienceT2IError(f"optim.lr must be > 0; got {self.optim.lr}.")
-
-
-def resume_digest(cfg: DPOConfig) -> str:
-    """Settings a resumed run must share with the original (rounds, checkpoint, log may change)."""
-    d = config_to_dict(cfg)
-    keep = {k: d[k] for k in ("model", "lora", "optim", "rollout", "reward", "mask", "objective")}
-    keep["train"] = {k: v for k, v in d["train"].items() if k != "rounds"}
-    return settings_digest(keep)
 
 
 # ----------------------------------------------------------------------------- reference policy
@@ -237,26 +220,31 @@ def stack_loras(first: Any, second: Any) -> tuple[dict[str, torch.Tensor], dict[
 
 # ----------------------------------------------------------------------------- trainer
 
-class DPOTrainer:
+class DPOTrainer(LoraTrainer):
     """Builds everything from a :class:`DPOConfig`; ``run()`` trains ``train.rounds`` rounds.
 
     ``reward_fn`` / ``mask_fn`` replace the configured SciScore / GroundingDINO (tests, custom
     rewards); ``comfy_servers`` adds servers to ``comfy.servers``.
     """
 
+    name = "dpo"
+    may_change_on_resume = ("output_dir", "lora_name", "train.rounds", "checkpoint", "log",
+                            "comfy")
+    plot_keys = ("reward_mean", "loss", "win_rate")
+    plot_file = "reward.png"
+
     def __init__(self, cfg: DPOConfig, resume: bool = False,
                  comfy_servers: list[str] | None = None, reward_fn: Callable | None = None,
                  mask_fn: Callable | None = None):
-        self.cfg = cfg
-        self.resume = resume
+        super().__init__(cfg, resume)
+        self.stage = "oft" if cfg.objective.kind == "oft" else "flow-dpo"
         self.comfy_servers = list(cfg.comfy.servers) + list(comfy_servers or [])
         self.reward_fn = reward_fn
         self.mask_fn = mask_fn
-        self.output_dir = Path(cfg.output_dir).expanduser()
-        self.step = 0
         self.round = 0
-        self.position = 0           # next micro-batch of the current round
-        self.buffer: RolloutBatch | None = None
+        self.position = 0           # pairs of the round's training order already trained
+        self.buffer: RolloutBatch | None = None       # this process's rollouts of the round
+        self.round_rewards: torch.Tensor | None = None  # every process's rewards [P, K]
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> "DPOTrainer":
@@ -270,46 +258,44 @@ class DPOTrainer:
                                   "{\"prompt\": ..., \"object\": ...} (e.g. the Science-T2I "
                                   "rollout prompt set).")
         self.prompts = load_rollout_prompts(cfg.rollout.prompts)
-        # device and mixed precision as in the SFT trainer; one process: the rollouts of a
-        # round and the training on them share the one policy, so N processes would each
-        # sample and train on their own rounds without exchanging anything but gradients
-        acc, precision = make_accelerator(cfg.train.mixed_precision)
-        self.accelerator = acc
-        if acc.num_processes > 1:
+        self.start()
+        if cfg.rollout.prompts_per_round < self.num_processes:
             raise ScienceT2IError(
-                f"stage 2 runs in a single process; it was started with {acc.num_processes} "
-                "(accelerate launch / torchrun). Start it with `science-t2i dpo` on one GPU and "
-                "spread the rollouts over machines with ComfyUI servers (--comfy URL ...).")
-        self.device = acc.device
+                f"rollout.prompts_per_round={cfg.rollout.prompts_per_round} gives some of the "
+                f"{self.num_processes} processes no prompt to sample; set it to at least "
+                f"{self.num_processes} (a multiple of it keeps every process equally busy).")
         self.model_dir = resolve_flux_dir(cfg.model.path)
         self.vae_scale = vae_scale_factor(self.model_dir)
         if cfg.rollout.resolution % (2 * self.vae_scale):
             raise ScienceT2IError(f"rollout.resolution {cfg.rollout.resolution} must be a "
                                   f"multiple of {2 * self.vae_scale}.")
-        weight_dtype = _DTYPES.get(precision, torch.float32) if precision != "no" else torch.float32
-        self.encoders = FluxEncoders(self.model_dir, self.device, weight_dtype,
+        self.encoders = FluxEncoders(self.model_dir, self.device, self.weight_dtype,
                                      cfg.rollout.max_sequence_length)
-        transformer = load_transformer(self.model_dir, weight_dtype, self.device)
+        transformer = load_transformer(self.model_dir, self.weight_dtype, self.device)
         self.sft_lora = None
         if cfg.model.sft_lora:
             from ..nodes.lora import read_lora
             self.sft_lora = read_lora(cfg.model.sft_lora)
             n = merge_lora_into_weights(transformer, self.sft_lora)
             log.info("merged the SFT LoRA (%d layers) into the weights: it is the reference", n)
-        torch.manual_seed(_seed_for(cfg.train.seed, 1))  # the LoRA's initial weights
-        (self.params, self.transformer, self.optimizer,
-         self.scheduler) = prepare_lora_training(acc, transformer, cfg, self.device)
-        self.model = acc.unwrap_model(self.transformer)
-        self.lora_layers = lora_layers(self.model)
+        self.setup_lora(transformer, self.estimated_steps())
+        self.lora_layers = lora_layers(self.unwrapped)
         self._img_ids: dict[tuple[int, int], torch.Tensor] = {}
         self.scheduler_config = dict(_scheduler_config(self.model_dir))
         self.source = self._make_source()
-        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints",
-                                             cfg.checkpoint.keep_last)
-        self.run_log = RunLog(self.output_dir)
-        if self.resume:
-            self._resume()
+        self.restore()
         return self
+
+    @property
+    def pairs_per_step(self) -> int:
+        """Pairs of one optimizer step over all processes."""
+        t = self.cfg.train
+        return t.pairs_per_step * t.grad_accum * self.num_processes
+
+    def estimated_steps(self) -> int:
+        """Optimizer steps of the whole run if no prompt's rewards tie (the schedule's length)."""
+        r, t = self.cfg.rollout, self.cfg.train
+        return t.rounds * math.ceil(r.prompts_per_round * t.inner_epochs / self.pairs_per_step)
 
     def _reward(self) -> Callable:
         from .rollouts import brightness_reward, sciscore_reward
@@ -334,7 +320,7 @@ class DPOTrainer:
         cfg, r = self.cfg, self.cfg.rollout
         if r.source == "in-process":
             return InProcessRollouts(
-                self.model, self.encoders, resolution=r.resolution, num_steps=r.steps,
+                self.unwrapped, self.encoders, resolution=r.resolution, num_steps=r.steps,
                 churn=r.churn, guidance=r.guidance, vae_scale_factor=self.vae_scale,
                 scheduler_config=self.scheduler_config, reward_fn=self._reward(),
                 mask_fn=self._masks(), batch_size=r.batch_size, device=self.device,
@@ -353,32 +339,47 @@ class DPOTrainer:
         return ComfyRollouts(client, self.encoders, resolution=r.resolution,
                              vae_scale_factor=self.vae_scale, reward_fn=reward,
                              mask_fn=self.mask_fn, use_masks=cfg.mask.enabled,
-                             lora_provider=self._publish_current_lora, device=self.device)
+                             device=self.device)
 
-    def _publish_current_lora(self) -> tuple[Path, int]:
-        path = self.save_lora(self.output_dir / "rollout_lora" / "current.safetensors")
-        return path, self.round
+    def _publish_lora(self) -> None:
+        """The current policy on the ComfyUI servers: written and copied by the main process
+        (under the round's own name), which every process then asks the servers for."""
+        client = self.source.client
+        if self.is_main:
+            path = self.save_lora(self.output_dir / "rollout_lora" / "current.safetensors")
+            client.publish_lora(path, self.round)
+        self.accelerator.wait_for_everyone()
+        self.source.lora_name = client.lora_file_name(self.round)
 
-    def _resume(self) -> None:
-        from .flux_model import load_lora_state
-        path, state = self.checkpoints.load_for_resume(
-            resume_digest(self.cfg), "train.rounds, checkpoint.* and log.*")
-        load_lora_state(self.model, state["lora"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        self.step, self.round = int(state["step"]), int(state["round"])
-        self.position = int(state["position"])
+    # ---------------------------------------------------------------- checkpoints
+    def trainer_state(self) -> dict[str, Any]:
+        state = {**super().trainer_state(), "round": self.round, "position": self.position}
+        if self.round_rewards is not None:
+            state["round_rewards"] = self.round_rewards
+        return state
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        super().load_trainer_state(state)
+        self.round, self.position = int(state["round"]), int(state["position"])
+        self.round_rewards = state.get("round_rewards")
+        if self.is_main:
+            # the summary lines of rounds that will be sampled again go, or they would repeat
+            first_new = self.round + (1 if self.round_rewards is not None else 0)
+            self._drop_round_log(first_new)
+
+    def process_state(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.to_state()} if self.buffer is not None else {}
+
+    def load_process_state(self, state: dict[str, Any]) -> None:
         self.buffer = RolloutBatch.from_state(state["buffer"]) if "buffer" in state else None
-        self.run_log.truncate_after(self.step)
-        if self.buffer is None:  # the round's rollouts are redone: drop their first logging
-            self._drop_round_log(self.step)
-        log.info("resumed from %s at step %d (round %d)", path, self.step, self.round)
+        if (self.buffer is None) != (self.round_rewards is None):
+            raise ScienceT2IError("the checkpoint's rollouts are incomplete; resume from an "
+                                  "older checkpoint (delete this one).")
 
-    def _drop_round_log(self, step: int) -> None:
+    def _drop_round_log(self, first_round: int) -> None:
         from ..nodes.files import write_bytes_atomic
         kept = [r for r in self.run_log.records()
-                if not (int(r.get("step", -1)) == step and "reward_mean" in r)]
+                if not ("reward_mean" in r and int(r.get("round", -1)) >= first_round)]
         write_bytes_atomic(self.run_log.path,
                            "".join(json.dumps(r) + "\n" for r in kept).encode())
 
@@ -390,45 +391,92 @@ class DPOTrainer:
         for j in range(per):
             flat = round_index * per + j
             epoch, pos = divmod(flat, n)
-            g = torch.Generator().manual_seed(_seed_for(self.cfg.train.seed, 11, epoch))
+            g = generator_for(self.cfg.train.seed, 11, epoch)
             out.append(self.prompts[int(torch.randperm(n, generator=g)[pos])])
         return out
 
-    def generate_round(self) -> RolloutBatch:
-        seed = _seed_for(self.cfg.train.seed, 3, self.round) % (2 ** 31)
-        return self.source.generate(self.round_prompts(self.round),
-                                    self.cfg.rollout.samples_per_prompt, seed)
+    def generate_round(self) -> tuple[RolloutBatch, torch.Tensor]:
+        """This process's rollouts of the round (prompts rank, rank + N, ...) and the rewards
+        of every process's rollouts [P, K]; logs the round's summary."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        prompts = self.round_prompts(self.round)
+        mine = list(range(self.rank, len(prompts), self.num_processes))
+        seeds = [seed_for(cfg.train.seed, 3, self.round, j) for j in mine]
+        if cfg.rollout.source == "comfy":
+            self._publish_lora()
+        k = cfg.rollout.samples_per_prompt
+        bar = self.progress(len(mine) * k, f"round {self.round} rollouts", unit="img",
+                            leave=False)
+        try:
+            batch = self.source.generate([prompts[j] for j in mine], k, seeds,
+                                         on_images=bar.update)
+        finally:
+            bar.close()
+        batch.prompt_indices = mine
+        rewards = self.gather_rewards(batch, len(prompts))
+        pairs = select_pairs(rewards)
+        self.log(self.step, round=self.round, reward_mean=float(rewards.mean()),
+                 reward_std=float(rewards.std()), reward_max=float(rewards.max()),
+                 reward_min=float(rewards.min()), pairs=len(pairs),
+                 reward_gap=(sum(p.reward_gap for p in pairs) / len(pairs) if pairs else 0.0),
+                 rollout_s=time.perf_counter() - t0)
+        return batch, rewards
 
-    def micro_batches(self, batch: RolloutBatch) -> list[list[Pair]]:
-        pairs = select_pairs(batch.rewards)
-        size, out = self.cfg.train.pairs_per_step, []
+    def gather_rewards(self, batch: RolloutBatch, n_prompts: int) -> torch.Tensor:
+        """The rewards of the whole round [P, K], from every process's share."""
+        from accelerate.utils import gather_object
+        rows = gather_object([(i, row) for i, row in zip(batch.prompt_indices,
+                                                         batch.rewards.tolist())])
+        rewards = torch.full((n_prompts, batch.k), float("nan"))
+        for i, row in rows:
+            rewards[i] = torch.tensor(row, dtype=torch.float32)
+        return rewards
+
+    def round_plan(self, rewards: torch.Tensor) -> list[Scheduled]:
+        """The round's pairs (best vs worst per prompt, ties dropped) in training order: a
+        seeded shuffle per inner epoch, the same on every process."""
+        pairs = select_pairs(rewards)
+        plan: list[Scheduled] = []
         for epoch in range(self.cfg.train.inner_epochs):
-            g = torch.Generator().manual_seed(_seed_for(self.cfg.train.seed, 5, self.round, epoch))
-            order = [pairs[i] for i in torch.randperm(len(pairs), generator=g).tolist()]
-            out += [order[i:i + size] for i in range(0, len(order), size)]
-        return out
+            g = generator_for(self.cfg.train.seed, 5, self.round, epoch)
+            plan += [(epoch, pairs[i]) for i in torch.randperm(len(pairs), generator=g).tolist()]
+        return plan
 
     # ---------------------------------------------------------------- losses
-    def _indices(self, batch: RolloutBatch, pairs: list[Pair]) -> tuple[list[int], list[int]]:
+    def _rows(self, batch: RolloutBatch, chunk: list[Scheduled]) -> tuple[list[int], list[int]]:
         k = batch.k
-        return ([p.prompt_index * k + p.win for p in pairs],
-                [p.prompt_index * k + p.lose for p in pairs])
+        local = [batch.local_index(p.prompt_index) for _, p in chunk]
+        return ([i * k + p.win for i, (_, p) in zip(local, chunk)],
+                [i * k + p.lose for i, (_, p) in zip(local, chunk)])
 
     def _reference(self) -> contextlib.ExitStack:
         """Context of a reference forward: adapters off, no autograd bookkeeping at all."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        stack.enter_context(adapter_disabled(self.model, self.lora_layers))
+        stack.enter_context(adapter_disabled(self.unwrapped, self.lora_layers))
         stack.enter_context(self.accelerator.autocast())
         return stack
 
-    def oft_step(self, batch: RolloutBatch, pairs: list[Pair], micro: int = 0,
-                 scale: float = 1.0) -> dict[str, torch.Tensor]:
-        """Backward of one micro-batch's oft loss (times ``scale``); metrics stay tensors."""
+    def oft_timesteps(self, num_steps: int) -> list[int]:
+        """The recorded timesteps this optimizer step trains (all by default; a seeded subset
+        with ``objective.timestep_fraction``, the same on every process)."""
+        steps = list(range(num_steps))
+        fraction = self.cfg.objective.timestep_fraction
+        if fraction < 1:
+            g = generator_for(self.cfg.train.seed, 13, self.step)
+            keep = max(1, int(round(len(steps) * fraction)))
+            steps = sorted(torch.randperm(len(steps), generator=g)[:keep].tolist())
+        return steps
+
+    def oft_step(self, batch: RolloutBatch, chunk: list[Scheduled], weights: torch.Tensor,
+                 last: bool = True) -> dict[str, torch.Tensor]:
+        """Backward of one micro-batch's oft loss, pair i weighing ``weights[i]`` (averaged
+        over the trained timesteps); returns the weighted sums of its metrics (no sync)."""
         cfg, dev = self.cfg, self.device
-        win, lose = self._indices(batch, pairs)
+        win, lose = self._rows(batch, chunk)
         idx = win + lose
-        b = len(pairs)
+        b = len(chunk)
         t = batch.trajectory
         if t is None:
             raise ScienceT2IError("objective oft needs in-process rollouts with trajectories.")
@@ -436,30 +484,31 @@ class DPOTrainer:
                          t.latent_height, t.latent_width)
         cond = batch.conditioning(idx, dev)
         mask = batch.latent_masks[idx].to(dev) if batch.latent_masks is not None else None
-        steps = list(range(t.num_steps))
-        if cfg.objective.timestep_fraction < 1:
-            g = torch.Generator().manual_seed(_seed_for(cfg.train.seed, 13, micro))
-            keep = max(1, int(round(len(steps) * cfg.objective.timestep_fraction)))
-            steps = sorted(torch.randperm(len(steps), generator=g)[:keep].tolist())
-        losses, wins, clipped = [], [], []
+        steps = self.oft_timesteps(t.num_steps)
+        w = weights.to(dev) / len(steps)
+        # DDP averages the processes' gradients: scaled by N, the step's gradient is the
+        # weighted sum over every process's pairs
+        scale = self.num_processes
         clip = math.log(1 + cfg.objective.eps)
-        for j in steps:
+        sums = {k: torch.zeros((), device=dev) for k in ("loss", "win_rate", "clip_frac")}
+        for n, j in enumerate(steps):
             with self._reference():
-                lp_ref = transition_log_prob(self.model, sel, j, cond, mask=mask,
+                lp_ref = transition_log_prob(self.unwrapped, sel, j, cond, mask=mask,
                                              guidance=cfg.rollout.guidance)
-            with self.accelerator.autocast():
-                lp = transition_log_prob(self.model, sel, j, cond, mask=mask,
-                                         guidance=cfg.rollout.guidance)
-            loss = oft_loss(lp[:b], lp_ref[:b], lp[b:], lp_ref[b:], eps=cfg.objective.eps,
-                            beta=cfg.objective.beta)
-            self.accelerator.backward(loss * (scale / len(steps)))
+            with self.accumulating(last and n == len(steps) - 1):
+                with self.accelerator.autocast():
+                    lp = transition_log_prob(self.model, sel, j, cond, mask=mask,
+                                             guidance=cfg.rollout.guidance)
+                loss = oft_loss(lp[:b], lp_ref[:b], lp[b:], lp_ref[b:], eps=cfg.objective.eps,
+                                beta=cfg.objective.beta, reduction="none")
+                self.accelerator.backward((w * loss).sum() * scale)
             with torch.no_grad():
                 ratio = (lp - lp_ref).float()
-                wins.append((ratio[:b] > ratio[b:]).float().mean())
-                clipped.append((ratio.abs() > clip).float().mean())
-            losses.append(loss.detach())
-        return {"loss": torch.stack(losses).mean(), "win_rate": torch.stack(wins).mean(),
-                "clip_frac": torch.stack(clipped).mean()}
+                sums["loss"] += (w * loss.detach()).sum()
+                sums["win_rate"] += (w * (ratio[:b] > ratio[b:]).float()).sum()
+                clipped = (ratio.abs() > clip).float()
+                sums["clip_frac"] += (w * (clipped[:b] + clipped[b:]) / 2).sum()
+        return sums
 
     def _image_ids(self, batch: RolloutBatch) -> torch.Tensor:
         key = (batch.latent_height, batch.latent_width)
@@ -467,95 +516,78 @@ class DPOTrainer:
             self._img_ids[key] = latent_image_ids(*key, self.device)
         return self._img_ids[key]
 
-    def flow_dpo_step(self, batch: RolloutBatch, pairs: list[Pair], micro: int = 0,
-                      scale: float = 1.0) -> dict[str, torch.Tensor]:
-        """Backward of one micro-batch's Flow-DPO loss (times ``scale``): win and lose go through
-        the reference and the policy as one batch each; metrics stay tensors (no sync)."""
+    def flow_dpo_step(self, batch: RolloutBatch, chunk: list[Scheduled], weights: torch.Tensor,
+                      last: bool = True) -> dict[str, torch.Tensor]:
+        """Backward of one micro-batch's Flow-DPO loss, pair i weighing ``weights[i]``: win and
+        lose share noise and noise level (drawn from the pair's own generator) and go through
+        the reference and the policy as one batch each; returns weighted metric sums."""
         cfg, dev = self.cfg, self.device
-        win, lose = self._indices(batch, pairs)
-        b = len(pairs)
-        g = torch.Generator().manual_seed(_seed_for(cfg.train.seed, 17, micro))
+        win, lose = self._rows(batch, chunk)
+        b = len(chunk)
+        gens = [generator_for(cfg.train.seed, 17, self.round, epoch, p.prompt_index)
+                for epoch, p in chunk]
         x0 = batch.final_latents[win + lose].to(dev, torch.float32)
-        noise = torch.randn(x0[:b].shape, generator=g).to(dev)      # shared by win and lose
-        sigma = sample_sigmas(b, cfg.objective.timestep_sampling, generator=g).to(dev)  # shared
+        noise = draw_noise(x0[:b].shape, gens, dev)                 # shared by win and lose
+        sigma = torch.cat([sample_sigmas(1, cfg.objective.timestep_sampling, generator=g)
+                           for g in gens]).to(dev)                   # shared
         sig2 = torch.cat([sigma, sigma])
         hidden, target = flow_matching_inputs(x0, torch.cat([noise, noise]), sig2)
         cond = batch.conditioning(win + lose, dev)
         img_ids = self._image_ids(batch)
         with self._reference():
-            ref = predict_velocity(self.model, hidden, sig2, cond, img_ids, cfg.rollout.guidance)
-        with self.accelerator.autocast():
-            pred = predict_velocity(self.model, hidden, sig2, cond, img_ids,
-                                    cfg.rollout.guidance)
+            ref = predict_velocity(self.unwrapped, hidden, sig2, cond, img_ids,
+                                   cfg.rollout.guidance)
         mw = ml = None
         if batch.latent_masks is not None:
             m = pack_mask(batch.latent_masks[win + lose], x0.shape[-1] // 4).to(dev)
             mw, ml = m[:b], m[b:]
-        loss, stats = flow_dpo_loss(pred[:b], ref[:b], target[:b], pred[b:], ref[b:], target[b:],
-                                    beta=cfg.objective.flow_dpo_beta, mask_win=mw, mask_lose=ml)
-        self.accelerator.backward(loss * scale)
-        return {"loss": loss.detach(), "win_rate": stats["implicit_acc"],
-                "sigma_mean": sigma.mean()}
+        w = weights.to(dev)
+        with self.accumulating(last):
+            with self.accelerator.autocast():
+                pred = predict_velocity(self.model, hidden, sig2, cond, img_ids,
+                                        cfg.rollout.guidance)
+            loss, stats = flow_dpo_loss(pred[:b], ref[:b], target[:b], pred[b:], ref[b:],
+                                        target[b:], beta=cfg.objective.flow_dpo_beta,
+                                        mask_win=mw, mask_lose=ml, reduction="none")
+            self.accelerator.backward((w * loss).sum() * self.num_processes)
+        return {"loss": (w * loss.detach()).sum(), "win_rate": (w * stats["implicit_acc"]).sum(),
+                "sigma_mean": (w * sigma).sum()}
 
-    def train_step(self, batch: RolloutBatch,
-                   micro_batches: list[list[Pair]]) -> dict[str, float]:
-        """One optimizer step over the given micro-batches (up to ``train.grad_accum``), the
-        gradients averaged over them as in the SFT trainer."""
+    def train_step(self, batch: RolloutBatch, scheduled: list[Scheduled]) -> dict[str, Any]:
+        """One optimizer step on ``scheduled`` (the step's pairs of every process): this
+        process trains the pairs it sampled, in micro-batches of ``train.pairs_per_step``, each
+        pair weighing 1 / len(scheduled); a process with none of them runs one pair at weight 0,
+        so that the gradient all-reduce still has every process."""
         step_fn = self.oft_step if self.cfg.objective.kind == "oft" else self.flow_dpo_step
-        n = len(micro_batches)
-        parts = []
-        for k, pairs in enumerate(micro_batches):
-            parts.append(step_fn(batch, pairs, micro=self.step * self.cfg.train.grad_accum + k,
-                                 scale=1.0 / n))
-        metrics = {key: torch.stack([p[key] for p in parts]).mean() for key in parts[0]}
-        if self.cfg.optim.max_grad_norm > 0:
-            metrics["grad_norm"] = self.accelerator.clip_grad_norm_(
-                self.params, self.cfg.optim.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        # one device-to-host transfer for all the step's numbers
-        names = list(metrics)
-        values = torch.stack([metrics[k].detach().float().reshape(()).to(self.device)
-                              for k in names]).tolist()
-        out = dict(zip(names, values))
-        out.setdefault("grad_norm", float("nan"))
-        out.update(lr=float(self.scheduler.get_last_lr()[0]), round=self.round)
-        return out
+        mine = [s for s in scheduled if s[1].prompt_index % self.num_processes == self.rank]
+        weight = 1.0 / len(scheduled)
+        if not mine:
+            mine, weight = [(0, Pair(batch.prompt_indices[0], 0, 1, 0.0))], 0.0
+        size = self.cfg.train.pairs_per_step
+        chunks = [mine[i:i + size] for i in range(0, len(mine), size)]
+        sums: dict[str, torch.Tensor] = {}
+        for c, chunk in enumerate(chunks):
+            part = step_fn(batch, chunk, torch.full((len(chunk),), weight),
+                           last=c == len(chunks) - 1)
+            for key, value in part.items():
+                sums[key] = sums.get(key, 0.0) + value
+        out = self.optimizer_step()
+        return {**self.step_metrics(out, **self.sum_across(sums)), "round": self.round}
 
-    # ---------------------------------------------------------------- state
-    def checkpoint_state(self) -> dict[str, Any]:
-        from .flux_model import lora_state
-        state = {"step": self.step, "round": self.round, "position": self.position,
-                 "lora": lora_state(self.model), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": capture_rng_state(),
-                 "resume_digest": resume_digest(self.cfg), "config_digest": config_digest(self.cfg),
-                 "config": config_to_dict(self.cfg)}
-        if self.buffer is not None:
-            state["buffer"] = self.buffer.to_state()
-        return state
-
-    def save_checkpoint(self) -> Path:
-        return self.checkpoints.save(self.step, self.checkpoint_state())
-
+    # ---------------------------------------------------------------- outputs
     def save_lora(self, path: Path | None = None) -> Path:
         """The policy as one LoRA for the base model (SFT LoRA stacked in when there is one)."""
-        from ..nodes.lora import save_flux_lora
         path = Path(path or self.output_dir / self.cfg.lora_name)
-        meta = {"science_t2i.stage": "oft" if self.cfg.objective.kind == "oft" else "flow-dpo",
-                "science_t2i.steps": str(self.step)}
         if self.sft_lora is None:
-            return save_flux_lora(self.model, path, training_config=config_to_dict(self.cfg),
-                                  extra_metadata=meta)
+            return self.write_lora(path)
+        from collections import Counter
+
         from ..nodes.files import save_safetensors_atomic, safetensors_metadata
         from ..nodes.lora import DIFFUSERS_METADATA_KEY, read_lora
         delta_path = path.with_name(path.stem + ".delta.safetensors")
-        save_flux_lora(self.model, delta_path, training_config=config_to_dict(self.cfg),
-                       extra_metadata=meta)
+        self.write_lora(delta_path)
         tensors, ranks = stack_loras(self.sft_lora, read_lora(delta_path))
         metadata = safetensors_metadata(delta_path)
-        from collections import Counter
         rank = Counter(ranks.values()).most_common(1)[0][0]
         pattern = {f"^{m}": r for m, r in ranks.items() if r != rank}
         pattern = {k.replace("^transformer.", "^"): v for k, v in pattern.items()}
@@ -576,52 +608,52 @@ class DPOTrainer:
         """Train ``train.rounds`` rounds; returns the final LoRA path."""
         from ..nodes import _comfy
         cfg = self.cfg
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.output_dir / "config.yaml")
-        progress = cfg.log.progress and os.environ.get("SCIENCE_T2I_NO_PROGRESS") != "1"
-        while self.round < cfg.train.rounds:
-            _comfy.check_interrupt()
-            if self.buffer is None:
-                t0 = time.perf_counter()
-                self.buffer = self.generate_round()
-                self.position = 0
-                r = self.buffer.rewards
-                pairs = select_pairs(r)
-                self.run_log.log(self.step, round=self.round, reward_mean=float(r.mean()),
-                                 reward_std=float(r.std()), reward_max=float(r.max()),
-                                 reward_min=float(r.min()), pairs=len(pairs),
-                                 reward_gap=(sum(p.reward_gap for p in pairs) / len(pairs)
-                                             if pairs else 0.0),
-                                 rollout_s=time.perf_counter() - t0)
-                if progress:
-                    log.info("round %d: reward %.4f, %d pairs", self.round, float(r.mean()),
-                             len(pairs))
-            batches = self.micro_batches(self.buffer)
-            while self.position < len(batches):
+        self.begin_run()
+        rounds = self.progress(cfg.train.rounds, "dpo", initial=self.round, unit="round")
+        try:
+            while self.round < cfg.train.rounds:
                 _comfy.check_interrupt()
-                group = batches[self.position:self.position + cfg.train.grad_accum]
-                metrics = self.train_step(self.buffer, group)
-                self.position += len(group)
-                if not math.isfinite(metrics["loss"]):
-                    raise ScienceT2IError(f"loss became {metrics['loss']} at step {self.step}; "
-                                          "lower optim.lr or keep optim.max_grad_norm > 0.")
-                self.run_log.log(self.step, **metrics)
-                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                if self.buffer is None:
+                    self.buffer, self.round_rewards = self.generate_round()
+                    self.position = 0
+                self.train_round()
+                self.round += 1
+                self.buffer, self.round_rewards, self.position = None, None, 0
+                rounds.update(1)
+                if not cfg.checkpoint.every:
                     self.save_checkpoint()
-            self.round += 1
-            self.buffer, self.position = None, 0
-            if not cfg.checkpoint.every:
-                self.save_checkpoint()
-            if cfg.log.plot_every and self.round % cfg.log.plot_every == 0:
-                self.plot()
+                if cfg.log.plot_every and self.round % cfg.log.plot_every == 0:
+                    self.plot()
+        finally:
+            rounds.close()
         self.save_checkpoint()
-        path = self.save_lora()
+        path = self.output_dir / cfg.lora_name
+        if self.is_main:
+            self.save_lora(path)
         self.plot()
+        self.end_run()
         return path
 
-    def plot(self) -> Path:
-        return self.run_log.plot(["reward_mean", "loss", "win_rate"],
-                                 self.output_dir / "reward.png")
+    def train_round(self) -> None:
+        """The optimizer steps on the round's pairs, from ``position`` on."""
+        from ..nodes import _comfy
+        plan, size = self.round_plan(self.round_rewards), self.pairs_per_step
+        bar = self.progress(math.ceil(len(plan) / size) if plan else 0,
+                            f"round {self.round} training", initial=self.position // size,
+                            leave=False)
+        try:
+            while self.position < len(plan):
+                _comfy.check_interrupt()
+                scheduled = plan[self.position:self.position + size]
+                metrics = self.train_step(self.buffer, scheduled)
+                self.position += len(scheduled)
+                self.check_finite(metrics["loss"])
+                self.log(self.step, **metrics)
+                bar.update(1)
+                if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
 
 
 def _scheduler_config(model_dir: Path) -> dict:

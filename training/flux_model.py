@@ -1,4 +1,4 @@
-"""FLUX components for training: loading from a diffusers folder, LoRA, encoders, optimizer.
+"""FLUX components for training: loading from a diffusers folder, LoRA, encoders.
 
 The VAE and both text encoders are only needed to fill the latent cache; the trainer loads
 them through :class:`FluxEncoders`, encodes, and drops them before the transformer is loaded.
@@ -194,24 +194,3 @@ def load_lora_state(transformer: Any, state: dict[str, torch.Tensor],
     if unexpected:
         raise ScienceT2IError(f"checkpoint LoRA has tensors the model does not ({unexpected[:3]}"
                               "...); resume with the same lora settings as the original run.")
-
-
-def make_optimizer(params: list[torch.nn.Parameter], *, lr: float, betas: tuple[float, float],
-                   weight_decay: float, eps: float, use_8bit: bool,
-                   device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; bitsandbytes' 8-bit AdamW when asked for on CUDA (saves ~75% of optimizer memory).
-
-    On CPU 8-bit AdamW does not exist: it falls back to torch's AdamW with a warning.
-    """
-    if use_8bit:
-        if device.type != "cuda":
-            log.warning("optim.use_8bit needs CUDA; using torch AdamW on %s", device.type)
-        else:
-            try:
-                import bitsandbytes as bnb
-            except ImportError as exc:
-                raise ScienceT2IError("optim.use_8bit=true needs bitsandbytes: pip install "
-                                      "bitsandbytes (or set optim.use_8bit=false).") from exc
-            return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, weight_decay=weight_decay,
-                                       eps=eps)
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 
@@ -177,12 +177,14 @@ def reduce_log_prob(per_element: torch.Tensor, mask: torch.Tensor | None = None)
 def predict_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor | float,
                      cond: FluxConditioning, img_ids: torch.Tensor,
                      guidance: float | None = 0.0) -> torch.Tensor:
-    """FLUX velocity at (x, sigma); the transformer takes timestep = sigma (the pipeline's t/1000)."""
+    """FLUX velocity at (x, sigma); the transformer takes timestep = sigma (the pipeline's t/1000).
+    ``transformer`` may be wrapped for several processes (DDP): the call goes through it."""
     b = x.shape[0]
-    dtype = next(transformer.parameters()).dtype
+    inner = getattr(transformer, "module", transformer)  # DDP keeps the model in .module
+    dtype = next(inner.parameters()).dtype
     timestep = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1).expand(b)
     guidance_vec = None
-    if getattr(transformer.config, "guidance_embeds", False):
+    if getattr(inner.config, "guidance_embeds", False):
         guidance_vec = torch.full([b], float(guidance or 0.0), dtype=torch.float32, device=x.device)
     out = transformer(hidden_states=x.to(dtype), timestep=timestep, guidance=guidance_vec,
                       pooled_projections=cond.pooled_embeds.to(dtype),
@@ -191,16 +193,26 @@ def predict_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch
     return out.float()
 
 
+Generators = Union[torch.Generator, list[torch.Generator], None]
+
+
+def draw_noise(shape: tuple[int, ...] | torch.Size, generator: Generators,
+               device: Any) -> torch.Tensor:
+    """Standard normal noise on ``device``; with a list of generators, row i comes from
+    generator i (so a sample's noise does not depend on the batch it is drawn in)."""
+    from diffusers.utils.torch_utils import randn_tensor
+    return randn_tensor(tuple(shape), generator=generator, device=torch.device(device))
+
+
 def initial_noise(batch: int, channels: int, latent_height: int, latent_width: int,
-                  generator: torch.Generator | None = None, device: Any = "cpu") -> torch.Tensor:
+                  generator: Generators = None, device: Any = "cpu") -> torch.Tensor:
     """Packed starting noise, drawn in the unpacked layout like the FLUX pipeline."""
-    z = torch.randn(batch, channels, latent_height, latent_width, generator=generator,
-                    device=generator.device if generator is not None else device)
-    return pack_latents(z).to(device)
+    z = draw_noise((batch, channels, latent_height, latent_width), generator, device)
+    return pack_latents(z)
 
 
 def _setup(transformer: torch.nn.Module, cond: FluxConditioning, height: int, width: int,
-           num_steps: int, latents: torch.Tensor | None, generator: torch.Generator | None,
+           num_steps: int, latents: torch.Tensor | None, generator: Generators,
            scheduler_config: dict | None, vae_scale_factor: int):
     device = cond.prompt_embeds.device
     lh, lw = latent_grid(height, width, vae_scale_factor)
@@ -220,11 +232,12 @@ def _setup(transformer: torch.nn.Module, cond: FluxConditioning, height: int, wi
 def sample_trajectory(transformer: torch.nn.Module, cond: FluxConditioning, *, height: int = 512,
                       width: int = 512, num_steps: int = 30, churn: float = 0.1,
                       s_noise: float = 1.0, guidance: float = 0.0,
-                      generator: torch.Generator | None = None,
+                      generator: Generators = None,
                       latents: torch.Tensor | None = None, scheduler_config: dict | None = None,
                       vae_scale_factor: int = 8,
                       step_callback: Callable[[int], None] | None = None) -> Trajectory:
-    """Sample with the stochastic Euler step, recording latents, noise and log-probs per step."""
+    """Sample with the stochastic Euler step, recording latents, noise and log-probs per step.
+    ``generator``: one for the batch, or one per sample."""
     x, sigmas, img_ids, lh, lw = _setup(transformer, cond, height, width, num_steps, latents,
                                         generator, scheduler_config, vae_scale_factor)
     if churn <= 0:
@@ -236,8 +249,7 @@ def sample_trajectory(transformer: torch.nn.Module, cond: FluxConditioning, *, h
         std = churn_std(sigma, num_steps, churn, s_noise).item()
         v = predict_velocity(transformer, x, sigma, cond, img_ids, guidance)
         mean = sde_step_mean(v, x, sigma, sigma_next, std)
-        eps = torch.randn(x.shape, generator=generator,
-                          device=generator.device if generator is not None else x.device).to(x.device)
+        eps = draw_noise(x.shape, generator, x.device)
         x = mean + std * eps
         log_probs.append(reduce_log_prob(gaussian_log_density(x, mean, std)))
         states.append(x)
@@ -252,7 +264,7 @@ def sample_trajectory(transformer: torch.nn.Module, cond: FluxConditioning, *, h
 @torch.no_grad()
 def sample_plain(transformer: torch.nn.Module, cond: FluxConditioning, *, height: int = 512,
                  width: int = 512, num_steps: int = 30, churn: float = 0.1, s_noise: float = 1.0,
-                 guidance: float = 0.0, generator: torch.Generator | None = None,
+                 guidance: float = 0.0, generator: Generators = None,
                  latents: torch.Tensor | None = None, scheduler_config: dict | None = None,
                  vae_scale_factor: int = 8) -> torch.Tensor:
     """The same sampler without log-probs or trajectory bookkeeping; returns final packed latents.
@@ -265,9 +277,7 @@ def sample_plain(transformer: torch.nn.Module, cond: FluxConditioning, *, height
         v = predict_velocity(transformer, x, sigma, cond, img_ids, guidance)
         x = sde_step_mean(v, x, sigma, sigma_next, std)
         if std > 0:
-            x = x + std * torch.randn(x.shape, generator=generator,
-                                      device=generator.device if generator is not None
-                                      else x.device).to(x.device)
+            x = x + std * draw_noise(x.shape, generator, x.device)
     return x
 
 

@@ -51,11 +51,13 @@ def clamped_log_ratio(log_prob: torch.Tensor, log_prob_ref: torch.Tensor,
 
 def oft_loss(log_prob_win: torch.Tensor, log_prob_ref_win: torch.Tensor,
              log_prob_lose: torch.Tensor, log_prob_ref_lose: torch.Tensor, *,
-             eps: float = 0.1, beta: float = 10.0) -> torch.Tensor:
-    """Mean over pairs (and timesteps, if given as [pairs, T]) of the clamped-ratio DPO loss."""
+             eps: float = 0.1, beta: float = 10.0, reduction: str = "mean") -> torch.Tensor:
+    """The clamped-ratio DPO loss: its mean over pairs (and timesteps, if given as
+    [pairs, T]), or with ``reduction="none"`` one value per entry."""
     ratio_w = clamped_log_ratio(log_prob_win, log_prob_ref_win.detach(), eps)
     ratio_l = clamped_log_ratio(log_prob_lose, log_prob_ref_lose.detach(), eps)
-    return -F.logsigmoid(beta * (ratio_w - ratio_l)).mean()
+    loss = -F.logsigmoid(beta * (ratio_w - ratio_l))
+    return loss.mean() if reduction == "mean" else loss
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor,
@@ -76,17 +78,20 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor,
 def flow_dpo_loss(pred_win: torch.Tensor, pred_ref_win: torch.Tensor, target_win: torch.Tensor,
                   pred_lose: torch.Tensor, pred_ref_lose: torch.Tensor, target_lose: torch.Tensor,
                   *, beta: float = 100.0, mask_win: torch.Tensor | None = None,
-                  mask_lose: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Flow-DPO loss (mean over pairs) and diagnostics (implicit accuracy, error gaps)."""
+                  mask_lose: torch.Tensor | None = None,
+                  reduction: str = "mean") -> tuple[torch.Tensor, dict]:
+    """Flow-DPO loss (mean over pairs, or per pair with ``reduction="none"``) and diagnostics
+    (implicit accuracy, error gaps; per pair with "none")."""
     err_w = masked_mse(pred_win, target_win, mask_win)
     err_l = masked_mse(pred_lose, target_lose, mask_lose)
     ref_w = masked_mse(pred_ref_win.detach(), target_win, mask_win)
     ref_l = masked_mse(pred_ref_lose.detach(), target_lose, mask_lose)
     inside = -0.5 * beta * ((err_w - ref_w) - (err_l - ref_l))
-    loss = -F.logsigmoid(inside).mean()
-    with torch.no_grad():  # 0-d tensors: reading them is left to the caller (a device sync)
-        stats = {"implicit_acc": (inside > 0).float().mean(),
-                 "err_win": err_w.mean(), "err_lose": err_l.mean()}
+    loss = -F.logsigmoid(inside)
+    with torch.no_grad():  # tensors: reading them is left to the caller (a device sync)
+        stats = {"implicit_acc": (inside > 0).float(), "err_win": err_w, "err_lose": err_l}
+    if reduction == "mean":
+        return loss.mean(), {k: v.mean() for k, v in stats.items()}
     return loss, stats
 
 

@@ -12,6 +12,7 @@ Rewards and masks are computed by the same node code in both (``nodes/sciscore.p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from ..nodes.errors import ScienceT2IError
 from .flux_sampler import (FluxConditioning, Trajectory, decode_latents, latent_grid,
                            pack_latents, sample_trajectory)
+from .trainer import seed_for
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ def load_rollout_prompts(path: str | Path) -> list[RolloutPrompt]:
 
 @dataclass
 class RolloutBatch:
-    """One round of rollouts; sample i belongs to prompt i // k."""
+    """One process's rollouts of a round; sample i belongs to prompt i // k, which is prompt
+    ``prompt_indices[i // k]`` of the round (all of them, in order, with one process)."""
     prompts: list[RolloutPrompt]
     k: int
     images: torch.Tensor                   # [P*K, H, W, 3]
@@ -75,6 +78,15 @@ class RolloutBatch:
     latent_height: int
     latent_width: int
     trajectory: Optional[Trajectory] = None
+    prompt_indices: Optional[list[int]] = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_indices is None:
+            self.prompt_indices = list(range(len(self.prompts)))
+
+    def local_index(self, prompt_index: int) -> int:
+        """Row of a round's prompt in this batch."""
+        return self.prompt_indices.index(prompt_index)
 
     def conditioning(self, index: list[int] | torch.Tensor, device: Any) -> FluxConditioning:
         idx = torch.as_tensor(index, dtype=torch.long)
@@ -89,7 +101,7 @@ class RolloutBatch:
             "k": self.k, "images": self.images, "rewards": self.rewards,
             "final_latents": self.final_latents, "prompt_embeds": self.prompt_embeds,
             "pooled_embeds": self.pooled_embeds, "latent_height": self.latent_height,
-            "latent_width": self.latent_width}
+            "latent_width": self.latent_width, "prompt_indices": list(self.prompt_indices)}
         if self.latent_masks is not None:
             state["latent_masks"] = self.latent_masks
         if self.trajectory is not None:
@@ -108,11 +120,17 @@ class RolloutBatch:
         return cls([RolloutPrompt(p, o) for p, o in zip(s["prompts"], s["subjects"])],
                    int(s["k"]), s["images"], s["rewards"], s["final_latents"],
                    s["prompt_embeds"], s["pooled_embeds"], s.get("latent_masks"),
-                   int(s["latent_height"]), int(s["latent_width"]), traj)
+                   int(s["latent_height"]), int(s["latent_width"]), traj,
+                   [int(i) for i in s["prompt_indices"]])
+
+
+# called with the number of images just finished (a progress bar's update)
+ProgressFn = Callable[[int], None]
 
 
 class RolloutSource(Protocol):
-    def generate(self, prompts: list[RolloutPrompt], k: int, seed: int) -> RolloutBatch: ...
+    def generate(self, prompts: list[RolloutPrompt], k: int, seeds: list[int],
+                 on_images: ProgressFn | None = None) -> RolloutBatch: ...
 
 
 # ----------------------------------------------------------------------------- rewards / masks
@@ -190,12 +208,16 @@ class InProcessRollouts:
         self.device = torch.device(device)
         self.autocast = autocast
 
-    def generate(self, prompts: list[RolloutPrompt], k: int, seed: int) -> RolloutBatch:
+    def generate(self, prompts: list[RolloutPrompt], k: int, seeds: list[int],
+                 on_images: ProgressFn | None = None) -> RolloutBatch:
+        """K images per prompt; image j of prompt i draws all its noise from a generator
+        seeded by (seeds[i], j), whichever batch it is sampled in."""
         texts, subjects = _expand(prompts, k)
         seq, pooled = self.encoders.encode_prompts(texts)
         seq, pooled = seq.float(), pooled.float()
         lh, lw = latent_grid(self.resolution, self.resolution, self.vae_scale)
-        g = torch.Generator().manual_seed(seed)
+        generators = [torch.Generator().manual_seed(seed_for(seed, j))
+                      for seed in seeds for j in range(k)]
         trajs = []
         was_training = self.transformer.training
         self.transformer.eval()
@@ -203,15 +225,18 @@ class InProcessRollouts:
             for idx in _chunks(len(texts), self.batch_size):
                 cond = FluxConditioning(seq[idx].to(self.device), pooled[idx].to(self.device),
                                         torch.zeros(seq.shape[1], 3, device=self.device))
-                ctx = self.autocast() if self.autocast is not None else _null()
+                ctx = self.autocast() if self.autocast is not None else contextlib.nullcontext()
                 with ctx:
                     t = sample_trajectory(self.transformer, cond, height=self.resolution,
                                           width=self.resolution, num_steps=self.num_steps,
-                                          churn=self.churn, guidance=self.guidance, generator=g,
+                                          churn=self.churn, guidance=self.guidance,
+                                          generator=[generators[i] for i in idx],
                                           scheduler_config=self.scheduler_config,
                                           vae_scale_factor=self.vae_scale)
                 trajs.append(Trajectory(t.latents.cpu(), t.log_probs.cpu(), t.noise.cpu(),
                                         t.sigmas, t.stds, lh, lw))
+                if on_images is not None:
+                    on_images(len(idx))
         finally:
             self.transformer.train(was_training)
         traj = Trajectory(torch.cat([t.latents for t in trajs]), torch.cat([t.log_probs for t in trajs]),
@@ -230,7 +255,6 @@ class ComfyRollouts:
     def __init__(self, client: Any, encoders: Any, *, resolution: int = 512,
                  vae_scale_factor: int = 8, reward_fn: RewardFn | None = None,
                  mask_fn: MaskFn | None = None, use_masks: bool = True,
-                 lora_provider: Callable[[], tuple[Path, int]] | None = None,
                  device: Any = "cpu"):
         self.client = client
         self.encoders = encoders
@@ -239,18 +263,17 @@ class ComfyRollouts:
         self.reward_fn = reward_fn
         self.mask_fn = mask_fn
         self.use_masks = use_masks
-        self.lora_provider = lora_provider
         self.device = torch.device(device)
+        self.lora_name: str | None = None   # the round's LoRA, published on the servers
 
-    def generate(self, prompts: list[RolloutPrompt], k: int, seed: int) -> RolloutBatch:
+    def generate(self, prompts: list[RolloutPrompt], k: int, seeds: list[int],
+                 on_images: ProgressFn | None = None) -> RolloutBatch:
+        """One request per prompt (K images from the graph's seed ``seeds[i]``), spread over
+        the servers, with the LoRA last published (``lora_name``)."""
         from .comfy_client import RolloutRequest
-        lora_name = None
-        if self.lora_provider is not None:
-            lora_file, round_index = self.lora_provider()
-            lora_name = self.client.publish_lora(lora_file, round_index)
-        requests = [RolloutRequest(i, p.prompt, p.subject or p.prompt, seed * 1000 + i, k)
-                    for i, p in enumerate(prompts)]
-        results = self.client.run_round(requests, lora_name)
+        requests = [RolloutRequest(i, p.prompt, p.subject or p.prompt, int(seed), k)
+                    for i, (p, seed) in enumerate(zip(prompts, seeds))]
+        results = self.client.run_round(requests, self.lora_name, on_done=on_images)
         texts, subjects = _expand(prompts, k)
         res = self.resolution
         images = torch.cat([_resize_images(r.images, res) for r in results])
@@ -297,11 +320,3 @@ def _resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
     if masks.shape[1] == size and masks.shape[2] == size:
         return masks
     return F.interpolate(masks.unsqueeze(1), size=(size, size), mode="nearest")[:, 0]
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None

@@ -10,27 +10,21 @@ release layout, which the SciScore Loader node opens directly.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import logging
-import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 
 from ..nodes.errors import ScienceT2IError
 from ..nodes.files import atomic_directory, write_json_atomic
-from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
-from .config import config_to_dict, save_config
-from .run_log import RunLog
+from .config import config_to_dict
 from .sciscore_data import (TRAIN_FIELDS, ImageSpec, SampleStream, SciScoreBatch,
                             check_records, split_held_out)
 from .sciscore_loss import DEFAULT_LAMBDA, sciscore_loss
-
-log = logging.getLogger("science_t2i")
+from .sections import (CheckpointSection, LogSection, OptimSection, Precision, RunSection)
+from .trainer import Trainer
 
 BEST_DIR = "best"
 EVAL_FILE = "sciscore_eval.json"  # written inside the best folder: the scores behind its pick
@@ -58,22 +52,15 @@ class ModelConfig:
     freeze_text_tower: bool = False
     freeze_vision_tower: bool = False
     freeze_logit_scale: bool = False
-    gradient_checkpointing: bool = False
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 2e-6
-    weight_decay: float = 0.3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: Literal["warmup_linear_decay", "warmup_cosine", "warmup_constant"] = \
-        "warmup_linear_decay"
-    warmup_steps: int = 150
+class TrainConfig(RunSection):
+    mixed_precision: Precision = "auto"      # bf16 on CUDA, fp32 elsewhere
+    gradient_checkpointing: bool = False
     max_steps: int = 600
-    grad_clip: float = 1.0          # 0 = no clipping
-    batch_size: int = 1024          # samples per optimizer step, over all devices
-    micro_batch_size: int = 16      # samples per forward/backward on one device
+    batch_size: int = 1024          # samples per optimizer step, over all processes
+    micro_batch_size: int = 16      # samples per forward/backward on one process
 
 
 @dataclass
@@ -88,51 +75,59 @@ class EvalConfig:
     batch_size: int = 32            # images per scoring batch
 
 
+def _paper_optim() -> OptimSection:
+    # AdamW lr 2e-6, weight decay 0.3, 150 warm-up steps then linear decay, clipping at 1.0
+    return OptimSection(lr=2e-6, weight_decay=0.3, schedule="linear", warmup_steps=150)
+
+
 @dataclass
 class SciScoreTrainConfig:
+    output_dir: str = "outputs/sciscore"
+    save_final: bool = False        # also write the last model as a SciScore folder "final"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimSection = field(default_factory=_paper_optim)
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: Path = Path("outputs/sciscore")
-    seed: int = 0
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA
-    save_every: int = 50            # steps between resumable checkpoints (and at the end)
-    keep_last: int = 2              # resumable checkpoints kept (0 = all)
-    save_final: bool = False        # also write the last model as a SciScore folder "final"
-    progress: bool = True
-    plot_curves: bool = True        # curves.png (loss, accuracies, lr) when the run ends
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointSection = field(default_factory=lambda: CheckpointSection(
+        every=50, keep_last=2))
+    log: LogSection = field(default_factory=lambda: LogSection(plot_every=0))
+
+    # keys of earlier versions, so an old config gets a pointer instead of a bare "unknown"
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "optim.max_steps": "train.max_steps", "optim.batch_size": "train.batch_size",
+        "optim.micro_batch_size": "train.micro_batch_size",
+        "optim.grad_clip": "optim.max_grad_norm", "seed": "train.seed",
+        "mixed_precision": "train.mixed_precision",
+        "model.gradient_checkpointing": "train.gradient_checkpointing",
+        "save_every": "checkpoint.every", "keep_last": "checkpoint.keep_last",
+        "progress": "log.progress", "plot_curves": "log.plot"}
 
 
 def check_config(cfg: SciScoreTrainConfig, world_size: int = 1) -> int:
     """Validate the settings that types alone cannot; returns the accumulation steps."""
-    o = cfg.optim
+    t = cfg.train
     if not cfg.data.path:
         raise ScienceT2IError("data.path is not set: point it at a Science-T2I-format dataset "
                               "(save_to_disk folder, parquet shards or JSON/JSONL records), "
                               "e.g. data.path=/data/Science-T2I-Fullset.")
-    for name, value in (("optim.max_steps", o.max_steps), ("optim.batch_size", o.batch_size),
-                        ("optim.micro_batch_size", o.micro_batch_size),
-                        ("eval.every", cfg.eval.every), ("eval.batch_size", cfg.eval.batch_size),
-                        ("save_every", cfg.save_every)):
+    for name, value in (("train.max_steps", t.max_steps), ("train.batch_size", t.batch_size),
+                        ("train.micro_batch_size", t.micro_batch_size),
+                        ("eval.every", cfg.eval.every), ("eval.batch_size", cfg.eval.batch_size)):
         if value <= 0:
             raise ScienceT2IError(f"{name} must be a positive integer; got {value}.")
-    if o.lr <= 0:
-        raise ScienceT2IError(f"optim.lr must be positive; got {o.lr}.")
-    if o.warmup_steps < 0:
-        raise ScienceT2IError(f"optim.warmup_steps must be >= 0; got {o.warmup_steps}.")
-    per_step = o.micro_batch_size * world_size
-    if o.batch_size % per_step:
+    per_step = t.micro_batch_size * world_size
+    if t.batch_size % per_step:
         raise ScienceT2IError(
-            f"optim.batch_size={o.batch_size} is not a multiple of micro_batch_size "
-            f"{o.micro_batch_size} x {world_size} device(s) = {per_step}; choose e.g. "
-            f"optim.batch_size={max(1, round(o.batch_size / per_step)) * per_step}.")
+            f"train.batch_size={t.batch_size} is not a multiple of micro_batch_size "
+            f"{t.micro_batch_size} x {world_size} process(es) = {per_step}; choose e.g. "
+            f"train.batch_size={max(1, round(t.batch_size / per_step)) * per_step}.")
     if (cfg.model.freeze_text_tower and cfg.model.freeze_vision_tower
             and cfg.model.freeze_logit_scale):
         raise ScienceT2IError("every part of the model is frozen (text tower, vision tower and "
                               "logit_scale): unfreeze at least one to train.")
-    return o.batch_size // per_step
+    return t.batch_size // per_step
 
 
 # ----------------------------------------------------------------------------- model
@@ -175,21 +170,6 @@ def set_trainable(clip: torch.nn.Module, cfg: ModelConfig) -> list[torch.nn.Para
     if cfg.freeze_logit_scale:
         clip.logit_scale.requires_grad_(False)
     return [p for p in clip.parameters() if p.requires_grad]
-
-
-def lr_lambda(schedule: str, warmup: int, total: int):
-    """Multiplier of the base lr at scheduler step ``s``: linear warmup, then the decay."""
-    def f(s: int) -> float:
-        if warmup > 0 and s < warmup:
-            return (s + 1) / (warmup + 1)
-        if schedule == "warmup_constant":
-            return 1.0
-        span = max(1, total - warmup)
-        progress = min(1.0, (s - warmup) / span)
-        if schedule == "warmup_cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return max(0.0, 1.0 - progress)
-    return f
 
 
 # ----------------------------------------------------------------------------- saving
@@ -238,7 +218,7 @@ def load_splits(cfg: SciScoreTrainConfig) -> tuple[list, list]:
             raise ScienceT2IError("set either data.eval_path (a separate held-out split) or "
                                   "data.eval_fraction (hold out part of the training split), "
                                   "not both.")
-        train, held = split_held_out(train, d.eval_fraction, cfg.seed)
+        train, held = split_held_out(train, d.eval_fraction, cfg.train.seed)
     else:
         held = load_records(d.eval_path or d.path, _split(d.eval_split),
                             require=("implicit_prompt", "explicit_image", "superficial_image"))
@@ -283,33 +263,146 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _mixed_precision(cfg: SciScoreTrainConfig) -> str:
-    if cfg.mixed_precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
-    if cfg.mixed_precision in ("bf16", "fp16") and not torch.cuda.is_available():
-        log.warning("mixed_precision=%s needs CUDA; training in fp32 on CPU", cfg.mixed_precision)
-        return "no"
-    return cfg.mixed_precision
+class SciScoreTrainer(Trainer):
+    """Builds everything from a :class:`SciScoreTrainConfig`; ``run()`` trains to
+    ``train.max_steps``, evaluating every ``eval.every`` steps and keeping the best model.
 
+    Optimizer step t takes the samples t * batch_size ... (t + 1) * batch_size - 1 of the
+    stream; micro-batch k of process r holds ``micro_batch_size`` of them at
+    (k * processes + r) * micro_batch_size, so the step's samples do not depend on the number
+    of processes and the gradients (summed per micro-batch, averaged over accumulation and
+    processes) are those of one process accumulating them all.
+    """
 
-def _seed_everything(seed: int) -> None:
-    import random
+    name = "sciscore"
+    may_change_on_resume = ("output_dir", "save_final", "train.max_steps", "eval",
+                            "checkpoint", "log", "data.num_workers", "data.eval_path",
+                            "data.eval_split", "data.eval_limit")
+    plot_keys = PLOT_KEYS
+    plot_file = "curves.png"
 
-    import numpy as np
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    def setup(self) -> "SciScoreTrainer":
+        from ..nodes.sciscore_loading import load_clip_directory, resolve_source
+        cfg = self.cfg
+        check_config(cfg)
+        self.start()  # a resume that cannot work fails before the data and model are loaded
+        self.accum = check_config(cfg, self.num_processes)
+        self.train_records, self.held_records = load_splits(cfg)
+        self.seed_everything()
+        clip, self.tokenizer, self.image_cfg = load_clip_directory(
+            resolve_source(cfg.model.init), dtype=torch.float32)
+        clip.train()
+        params = set_trainable(clip, cfg.model)
+        if cfg.train.gradient_checkpointing:
+            clip.gradient_checkpointing_enable()
+        self.prepare(DualEncoder(clip), params, cfg.train.max_steps)
+        self.clip = self.unwrapped.clip
+        self.best_step, self.best_accuracy = -1, -1.0
+        self.restore()
+        self.stream = SampleStream(self.train_records, self.tokenizer,
+                                   ImageSpec.from_image_config(self.image_cfg),
+                                   seed=cfg.train.seed, augment=cfg.data.augment,
+                                   num_workers=cfg.data.num_workers)
+        return self
 
+    # ---------------------------------------------------------------- checkpoints
+    def trainer_state(self) -> dict[str, Any]:
+        return {"model": self.clip.state_dict(), "best_step": self.best_step,
+                "best_accuracy": self.best_accuracy}
 
-def resume_digest(cfg: SciScoreTrainConfig) -> str:
-    """What must not change between a run and its resumption. The step count, evaluation,
-    checkpoint and progress settings may (e.g. to extend a finished run)."""
-    d = config_to_dict(cfg)
-    keep = {k: d[k] for k in ("data", "model", "loss", "seed", "mixed_precision")}
-    keep["optim"] = {k: v for k, v in d["optim"].items() if k != "max_steps"}
-    keep["data"] = {k: v for k, v in d["data"].items()
-                    if k not in ("num_workers", "eval_path", "eval_split", "eval_limit")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        self.clip.load_state_dict(state["model"])
+        self.best_step = int(state["best_step"])
+        self.best_accuracy = float(state["best_accuracy"])
+
+    # ---------------------------------------------------------------- data
+    def sample_numbers(self, step: int, micro: int) -> list[int]:
+        m = self.cfg.train.micro_batch_size
+        base = step * self.cfg.train.batch_size + (micro * self.num_processes + self.rank) * m
+        return list(range(base, base + m))
+
+    def _next_batch(self) -> SciScoreBatch:
+        """The next micro-batch of this process; the one after it loads meanwhile."""
+        step, micro = self._plan[self._pos]
+        batch = (self._pending.result() if self._pending is not None
+                 else self.stream.batch(self.sample_numbers(step, micro)))
+        self._pos += 1
+        self._pending = None
+        if self._pos < len(self._plan):
+            self._pending = self._prefetch.submit(self.stream.batch,
+                                                  self.sample_numbers(*self._plan[self._pos]))
+        return batch.to(self.device)
+
+    # ---------------------------------------------------------------- loop
+    def train_step(self) -> dict[str, Any]:
+        sums: dict[str, float] = {}
+        for micro in range(self.accum):
+            batch = self._next_batch()
+            with self.accumulating(last=micro == self.accum - 1):
+                parts = batch_loss(self.model, batch, self.cfg.loss.lambda_)
+                # summed over the micro-batch (as the reference); averaged over accumulation
+                self.accelerator.backward(parts.loss / self.accum)
+            for k, v in parts.metrics().items():
+                sums[k] = sums.get(k, 0.0) + v / self.accum
+        out = self.optimizer_step()
+        metrics = self.mean_across(sums)
+        metrics["logit_scale"] = float(self.clip.logit_scale.detach().exp())
+        return self.step_metrics(out, **metrics)
+
+    def after_step(self) -> None:
+        if self.step % self.cfg.eval.every == 0 or self.step == self.cfg.train.max_steps:
+            self.evaluate()
+
+    def evaluate(self) -> None:
+        """Held-out accuracy (main process); a better model replaces ``best/``."""
+        if self.is_main:
+            cfg, out = self.cfg, self.output_dir
+            was_training = self.clip.training
+            self.clip.eval()
+            with torch.no_grad():
+                result = evaluate_held_out(self.clip, self.tokenizer, self.image_cfg,
+                                           self.held_records, self.device,
+                                           cfg.eval.batch_size)
+            self.clip.train(was_training)
+            acc = float(result["overall"]["accuracy"])
+            self.log(self.step, eval_accuracy=acc, eval_records=len(self.held_records),
+                     eval_by_task={k: v["accuracy"] for k, v in result["by_task"].items()})
+            if acc > self.best_accuracy:
+                self.best_accuracy, self.best_step = acc, self.step
+                save_sciscore_folder(self.clip, self.tokenizer, self.image_cfg, out / BEST_DIR,
+                                     extra={"step": self.step, **_plain_eval(result)})
+        # every process learns the best so far: it is part of the checkpoint
+        best = self.sum_across({"step": float(self.best_step) if self.is_main else 0.0,
+                                "accuracy": self.best_accuracy if self.is_main else 0.0})
+        self.best_step, self.best_accuracy = int(best["step"]), float(best["accuracy"])
+
+    def run(self, stop_after: int | None = None) -> TrainResult:
+        """Train to ``train.max_steps``; ``stop_after`` ends this call after that many
+        optimizer steps, as an interruption would (a checkpoint is saved first)."""
+        cfg, out = self.cfg, self.output_dir
+        self.begin_run()
+        if self.step == 0 and cfg.eval.at_start:
+            self.evaluate()
+        self._plan = [(t, i) for t in range(self.step, cfg.train.max_steps)
+                      for i in range(self.accum)]
+        self._pos, self._pending = 0, None
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sciscore-prefetch")
+        try:
+            self.run_steps(cfg.train.max_steps, stop_after)
+        finally:
+            if self._pending is not None:
+                self._pending.cancel()
+            self._prefetch.shutdown(wait=True, cancel_futures=True)
+            self.stream.close()
+        if self.is_main:
+            if self.step == cfg.train.max_steps and cfg.save_final:
+                save_sciscore_folder(self.clip, self.tokenizer, self.image_cfg, out / "final")
+            self.plot()
+        self.end_run()
+        return TrainResult(output_dir=out, steps_done=self.step,
+                           best_dir=(out / BEST_DIR) if (out / BEST_DIR).is_dir() else None,
+                           best_step=self.best_step, best_accuracy=self.best_accuracy,
+                           history=self.run_log.records())
 
 
 def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
@@ -317,161 +410,7 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
     """Train as configured; with ``resume``, continue from the latest checkpoint in
     ``output_dir``. ``stop_after`` ends this call after that many optimizer steps, as an
     interruption would (a checkpoint is saved first)."""
-    from accelerate import Accelerator
-
-    from ..nodes import _comfy
-    from ..nodes.sciscore_loading import load_clip_directory, resolve_source
-
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg),
-                              cpu=not torch.cuda.is_available())
-    accum = check_config(cfg, accelerator.num_processes)
-    out = Path(cfg.output_dir)
-    _seed_everything(cfg.seed)
-
-    # a resume that cannot work fails before the data and model are loaded
-    ckpts = CheckpointManager(out / "checkpoints", keep_last=cfg.keep_last)
-    run_log = RunLog(out)
-    digest = resume_digest(cfg)
-    state = None
-    if resume:
-        latest, state = ckpts.load_for_resume(
-            digest, "optim.max_steps and the evaluation, checkpoint, logging and loader settings")
-
-    train_records, held_records = load_splits(cfg)
-    clip, tokenizer, image_cfg = load_clip_directory(resolve_source(cfg.model.init),
-                                                     dtype=torch.float32)
-    clip.train()
-    params = set_trainable(clip, cfg.model)
-    if cfg.model.gradient_checkpointing:
-        clip.gradient_checkpointing_enable()
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                  weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(o.schedule, o.warmup_steps, o.max_steps))
-    model, optimizer = accelerator.prepare(DualEncoder(clip), optimizer)
-    unwrapped = accelerator.unwrap_model(model).clip
-
-    step, best_step, best_acc = 0, -1, -1.0
-    if state is not None:
-        unwrapped.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        step, best_step, best_acc = int(state["step"]), int(state["best_step"]), \
-            float(state["best_accuracy"])
-        if accelerator.is_main_process:
-            run_log.truncate_after(step)
-        log.info("resumed from %s at step %d", latest, step)
-        del state
-    elif accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if run_log.path.exists():  # a new run in an old folder: start a new log
-            run_log.path.unlink()
-    if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
-
-    spec = ImageSpec.from_image_config(image_cfg)
-    stream = SampleStream(train_records, tokenizer, spec, seed=cfg.seed,
-                          augment=cfg.data.augment, num_workers=cfg.data.num_workers)
-    device = accelerator.device
-    world, rank, m = accelerator.num_processes, accelerator.process_index, o.micro_batch_size
-
-    def sample_numbers(t: int, micro: int) -> list[int]:
-        base = t * o.batch_size + (micro * world + rank) * m
-        return list(range(base, base + m))
-
-    def evaluate(at_step: int) -> None:
-        nonlocal best_step, best_acc
-        if accelerator.is_main_process:
-            was_training = unwrapped.training
-            unwrapped.eval()
-            with torch.no_grad():
-                result = evaluate_held_out(unwrapped, tokenizer, image_cfg, held_records,
-                                           device, cfg.eval.batch_size)
-            unwrapped.train(was_training)
-            acc = float(result["overall"]["accuracy"])
-            run_log.log(at_step, eval_accuracy=acc, eval_records=len(held_records),
-                        eval_by_task={k: v["accuracy"] for k, v in result["by_task"].items()})
-            log.info("step %d: held-out accuracy %.4f", at_step, acc)
-            if acc > best_acc:
-                best_acc, best_step = acc, at_step
-                save_sciscore_folder(unwrapped, tokenizer, image_cfg, out / BEST_DIR,
-                                     extra={"step": at_step, **_plain_eval(result)})
-        accelerator.wait_for_everyone()
-
-    def save_checkpoint(at_step: int) -> None:
-        if accelerator.is_main_process:
-            ckpts.save(at_step, {
-                "step": at_step, "model": unwrapped.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": capture_rng_state(), "best_step": best_step,
-                "best_accuracy": best_acc, "resume_digest": digest,
-            })
-        accelerator.wait_for_everyone()
-
-    if step == 0 and cfg.eval.at_start:
-        evaluate(0)
-
-    from concurrent.futures import ThreadPoolExecutor
-    prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sciscore-prefetch")
-    plan = [(t, i) for t in range(step, o.max_steps) for i in range(accum)]
-    pending = prefetch.submit(stream.batch, sample_numbers(*plan[0])) if plan else None
-    pos = 0
-    stop_at = o.max_steps if stop_after is None else min(o.max_steps, step + stop_after)
-    bar = _comfy.Progress(o.max_steps, desc="SciScore", enabled=cfg.progress and
-                          accelerator.is_main_process)
-    bar.update(step)
-    try:
-        while step < stop_at:
-            _comfy.check_interrupt()
-            sums: dict[str, float] = {}
-            for micro in range(accum):
-                batch = pending.result().to(device)
-                pos += 1
-                pending = (prefetch.submit(stream.batch, sample_numbers(*plan[pos]))
-                           if pos < len(plan) else None)
-                sync = micro == accum - 1
-                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-                with ctx:
-                    parts = batch_loss(model, batch, cfg.loss.lambda_)
-                    # summed over the micro-batch (as the reference); averaged over accumulation
-                    accelerator.backward(parts.loss / accum)
-                for k, v in parts.metrics().items():
-                    sums[k] = sums.get(k, 0.0) + v / accum
-            grad_norm = None
-            if o.grad_clip > 0:
-                grad_norm = accelerator.clip_grad_norm_(params, o.grad_clip)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            metrics = {k: float(accelerator.reduce(torch.tensor(v, device=device), "mean"))
-                       for k, v in sums.items()}
-            if accelerator.is_main_process:
-                run_log.log(step, lr=lr, logit_scale=float(unwrapped.logit_scale.detach().exp()),
-                            grad_norm=None if grad_norm is None else float(grad_norm), **metrics)
-            if step % cfg.eval.every == 0 or step == o.max_steps:
-                evaluate(step)
-            if step % cfg.save_every == 0 or step == stop_at:
-                save_checkpoint(step)
-    finally:
-        bar.close()
-        if pending is not None:
-            pending.cancel()
-        prefetch.shutdown(wait=True, cancel_futures=True)
-        stream.close()
-
-    if accelerator.is_main_process:
-        if step == o.max_steps and cfg.save_final:
-            save_sciscore_folder(unwrapped, tokenizer, image_cfg, out / "final")
-        if cfg.plot_curves:
-            run_log.plot(PLOT_KEYS, out / "curves.png")
-    return TrainResult(output_dir=out, steps_done=step,
-                       best_dir=(out / BEST_DIR) if (out / BEST_DIR).is_dir() else None,
-                       best_step=best_step, best_accuracy=best_acc, history=run_log.records())
+    return SciScoreTrainer(cfg, resume=resume).setup().run(stop_after)
 
 
 def _plain_eval(result: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -28,3 +29,9 @@ def resolve_config(cls: type[T], args: argparse.Namespace,
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return None
     return cfg
+
+
+def report(message: str) -> None:
+    """Print the run's result once: on the main process of ``accelerate launch`` (RANK 0)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._trainer_args import add_config_arguments, resolve_config
+from ._trainer_args import add_config_arguments, report, resolve_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,5 +22,5 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     path = train_sft(cfg, resume=args.resume)
-    print(f"LoRA written to {path}")
+    report(f"LoRA written to {path}")
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._trainer_args import add_config_arguments, resolve_config
+from ._trainer_args import add_config_arguments, report, resolve_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = train_sciscore(cfg, resume=args.resume)
     if result.best_dir is not None:
-        print(f"best held-out accuracy {result.best_accuracy:.4f} at step {result.best_step}: "
-              f"{result.best_dir}")
+        report(f"best held-out accuracy {result.best_accuracy:.4f} at step "
+               f"{result.best_step}: {result.best_dir}")
     return 0

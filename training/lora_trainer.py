@@ -1,0 +1,48 @@
+"""What the two FLUX trainers (SFT and stage 2) share on top of the core: a LoRA on the FLUX
+transformer, trained in float32 over frozen weights, checkpointed and exported in the
+diffusers layout that ComfyUI and ``FluxPipeline.load_lora_weights`` read."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import config_to_dict
+from .trainer import Trainer
+
+
+class LoraTrainer(Trainer):
+    """A :class:`Trainer` whose trained parameters are a LoRA (``cfg.lora``) on a FLUX
+    transformer; ``self.model`` is the (possibly DDP-wrapped) transformer."""
+
+    stage = "lora"   # written into the LoRA file's metadata
+
+    def setup_lora(self, transformer: torch.nn.Module, total_steps: int) -> None:
+        """Attach the LoRA (its gaussian init drawn after seeding, so runs repeat), gradient
+        checkpointing when ``train`` asks for it, then the core's optimizer and wrapping."""
+        from .flux_model import attach_lora
+        cfg = self.cfg
+        self.seed_everything()
+        params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
+                             cfg.lora.targets)
+        if cfg.train.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.prepare(transformer, params, total_steps)
+
+    def trainer_state(self) -> dict[str, Any]:
+        from .flux_model import lora_state
+        return {"lora": lora_state(self.unwrapped)}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        from .flux_model import load_lora_state
+        load_lora_state(self.unwrapped, state["lora"])
+
+    def write_lora(self, path: str | Path) -> Path:
+        """The trained LoRA as a diffusers-layout safetensors file (atomic)."""
+        from ..nodes.lora import save_flux_lora
+        return save_flux_lora(self.unwrapped, Path(path),
+                              training_config=config_to_dict(self.cfg),
+                              extra_metadata={"science_t2i.stage": self.stage,
+                                              "science_t2i.steps": str(self.step)})
