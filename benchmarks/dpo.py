@@ -29,6 +29,9 @@ FLUX.1; transformer with 2 double + 4 single blocks, 4 heads x 64; 256 px -> 256
    alike). The run prints the measured W and R.
 3. sampling with per-step log-probabilities and the kept trajectory against plain sampling
    (same stochastic sampler, no log-probs, nothing kept). Target <= 1.1x.
+4. the bytes DDP all-reduces per optimizer step on several processes: the LoRA's gradients,
+   computed, and counted by the trainer core's DDP hook in a real 2-process run of two
+   Flow-DPO steps (``accelerate launch``; gloo on CPU); and FLUX.1-dev's figure.
 
 On CUDA (``--device cuda``) memory is torch's peak allocated memory instead of RSS.
 Times are the process's CPU time per step on CPU (other processes on a shared machine do not
@@ -52,8 +55,9 @@ from pathlib import Path
 from typing import Callable
 
 # benchmarks/ is the script's own folder
-from peak_rss import PeakRSS, rss_bytes
+from allreduce import counted_by_ddp, gradient_bytes
 from builders import step_spec, tiny_flux
+from peak_rss import PeakRSS, rss_bytes
 
 os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
 
@@ -101,14 +105,14 @@ def _fake_pairs_batch(trainer, args):
     from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
     b = args.pairs
     lh = lw = args.res // trainer.vae_scale
-    c = trainer.model.config.in_channels
+    c = trainer.unwrapped.config.in_channels
     seq, pooled = trainer.encoders.encode_prompts([f"prompt {i}" for i in range(2 * b)])
     batch = RolloutBatch([RolloutPrompt(f"prompt {i}", "object") for i in range(b)], 2,
                          torch.zeros(2 * b, args.res, args.res, 3),
                          torch.tensor([[1.0, 0.0]] * b),
                          torch.randn(2 * b, (lh // 2) * (lw // 2), c), seq.float().cpu(),
                          pooled.float().cpu(), None, lh, lw)
-    return batch, [Pair(i, 0, 1, 1.0) for i in range(b)]
+    return batch, [(0, Pair(i, 0, 1, 1.0)) for i in range(b)]
 
 
 class Clock:
@@ -133,7 +137,7 @@ def child_speed(args: argparse.Namespace) -> dict:
     trainer = _trainer(work, args)
     dev = trainer.device
     batch, pairs = _fake_pairs_batch(trainer, args)
-    model = trainer.model
+    model = trainer.unwrapped
     opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     b = args.pairs
     # SFT step on B samples of the same model and shapes
@@ -154,7 +158,7 @@ def child_speed(args: argparse.Namespace) -> dict:
         opt.zero_grad(set_to_none=True)
 
     def dpo_step() -> None:
-        trainer.train_step(batch, [pairs])
+        trainer.train_step(batch, pairs)
 
     sample_cond = batch.conditioning(list(range(2 * b)), dev)
 
@@ -170,6 +174,7 @@ def child_speed(args: argparse.Namespace) -> dict:
     clock = Clock(dev.type)
     fns = {"sft": sft_step, "flow-dpo": dpo_step, "sample+logprob": with_logprobs,
            "sample": plain}
+    grad_bytes = gradient_bytes(trainer.params)
     for f in fns.values():  # warm-up: allocator, lazy inits, optimizer state
         f()
         f()
@@ -183,7 +188,17 @@ def child_speed(args: argparse.Namespace) -> dict:
             for _ in range(args.steps):
                 f()
             times[name].append((clock.now() - t0) / args.steps)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {**{k: statistics.median(v) for k, v in times.items()}, "grad_bytes": grad_bytes}
+
+
+def child_ddp(args: argparse.Namespace) -> dict:
+    """Two Flow-DPO optimizer steps on every process; the bytes the DDP hook counted."""
+    trainer = _trainer(Path(args.workdir), args, "flow-dpo", "flux",
+                       "rollout.prompts_per_round=2")   # a prompt for each process
+    batch, pairs = _fake_pairs_batch(trainer, args)
+    for _ in range(2):
+        metrics = trainer.train_step(batch, pairs)
+    return {"allreduce_bytes": metrics["allreduce_bytes"]}
 
 
 def _use_deep_copied_reference(trainer) -> None:
@@ -194,7 +209,7 @@ def _use_deep_copied_reference(trainer) -> None:
     import torch
     from science_t2i.training import dpo as dpo_mod
     with torch.no_grad():
-        ref = copy.deepcopy(trainer.model)
+        ref = copy.deepcopy(trainer.unwrapped)
     ref.requires_grad_(False)
     ref.disable_adapters()
     state = {"ref": False}
@@ -246,31 +261,36 @@ def child_memory(args: argparse.Namespace) -> dict:
     from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
     b = args.pairs
     lh = lw = MEM_RES // trainer.vae_scale
-    c = trainer.model.config.in_channels
-    d = trainer.model.config.joint_attention_dim
-    p = trainer.model.config.pooled_projection_dim
+    c = trainer.unwrapped.config.in_channels
+    d = trainer.unwrapped.config.joint_attention_dim
+    p = trainer.unwrapped.config.pooled_projection_dim
     batch = RolloutBatch([RolloutPrompt(f"p{i}", "o") for i in range(b)], 2,
                          torch.zeros(2 * b, 8, 8, 3), torch.tensor([[1.0, 0.0]] * b),
                          torch.randn(2 * b, (lh // 2) * (lw // 2), c), torch.randn(2 * b, MEM_TEXT, d),
                          torch.randn(2 * b, p), None, lh, lw)
-    pairs = [Pair(i, 0, 1, 1.0) for i in range(b)]
+    pairs = [(0, Pair(i, 0, 1, 1.0)) for i in range(b)]
     # the peak while training (weights held + the step's work), not the transient of loading
     with PeakRSS() as mem:
         for _ in range(2):
-            trainer.train_step(batch, [pairs])
+            trainer.train_step(batch, pairs)
     if cuda:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = mem.peak - base_rss
-    weights = sum(t.numel() * t.element_size() for t in trainer.model.parameters())
+    weights = sum(t.numel() * t.element_size() for t in trainer.unwrapped.parameters())
     return {"peak_bytes": peak, "policy_param_bytes": weights, "after_setup_bytes": after_setup}
 
 
-def run_child(name: str, args: argparse.Namespace, work: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, "--workdir", str(work)]
+def _child_args(args: argparse.Namespace, work: Path) -> list[str]:
+    out = ["--workdir", str(work)]
     for k in ("rounds", "steps", "pairs", "res", "threads", "sample_steps", "device",
               "precision"):
-        cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        out += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+    return out
+
+
+def run_child(name: str, args: argparse.Namespace, work: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, *_child_args(args, work)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     if name.startswith("memory"):
         # glibc keeps freed buffers above its (self-raising) mmap threshold in the heap, so the
@@ -297,8 +317,10 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.child:
-        fn = child_speed if args.child == "speed" else child_memory
-        print(json.dumps(fn(args)))
+        fn = {"speed": child_speed, "ddp": child_ddp}.get(args.child, child_memory)
+        result = fn(args)
+        if os.environ.get("RANK", "0") == "0":
+            print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -306,6 +328,7 @@ def main() -> None:
         speed = run_child("speed", args, work)
         shared = run_child("memory-shared", args, work)
         copied = run_child("memory-copy", args, work)
+        counted = counted_by_ddp(Path(__file__), _child_args(args, work))
     mib = 1 / 2 ** 20
     print(f"model: 2 double + 4 single blocks, 4 heads x 64, {args.res} px, "
           f"{args.pairs} pair(s) per step, {args.device}, {args.precision}, "
@@ -325,6 +348,10 @@ def main() -> None:
     print(f"sampling, plain            {speed['sample'] * 1e3:9.1f} ms")
     print(f"sampling, with log-probs   {speed['sample+logprob'] * 1e3:9.1f} ms   "
           f"ratio {speed['sample+logprob'] / speed['sample']:.2f}x  (target <= 1.1x)")
+    from stage2_round import flux_dev_lora_gradient_bytes
+    print(f"all-reduced per optimizer step: {speed['grad_bytes']:,} bytes (the LoRA's fp32 "
+          f"gradients); counted by DDP's hook in a 2-process run: {counted:,} bytes; "
+          f"FLUX.1-dev with a rank-16 LoRA: {flux_dev_lora_gradient_bytes():,} bytes")
 
 
 if __name__ == "__main__":

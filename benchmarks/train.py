@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 # benchmarks/ is the script's own folder
-from peak_rss import PeakRSS
+from allreduce import counted_by_ddp, gradient_bytes
 from builders import step_spec, tiny_flux
+from peak_rss import PeakRSS
 
 os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
 
@@ -59,15 +60,9 @@ def build(workdir: Path, res: int) -> tuple[Path, Path]:
     return workdir / "flux", write_jsonl_dataset(records, workdir / "data")
 
 
-def child(args: argparse.Namespace) -> None:
-    import torch
-
+def _trainer(args: argparse.Namespace, cache_on: bool, gc_on: bool):
     from science_t2i.training.config import load_config
-    from science_t2i.training.flux_math import flow_matching_loss
     from science_t2i.training.sft import SFTConfig, SFTTrainer
-
-    torch.set_num_threads(args.threads)
-    cache_on, gc_on = SETUPS[args.child]
     work = Path(args.workdir)
     cfg = load_config(SFTConfig, None, [
         f"model.path={work / 'flux'}", f"data.path={work / 'data' / 'data.jsonl'}",
@@ -77,10 +72,28 @@ def child(args: argparse.Namespace) -> None:
         f"train.batch_size={args.batch}", "train.grad_accum=1", "optim.lr=1e-4",
         f"train.gradient_checkpointing={str(gc_on).lower()}", "log.progress=false",
         "train.max_steps=100000"])
-    trainer = SFTTrainer(cfg).setup()
+    return SFTTrainer(cfg).setup()
+
+
+def child_ddp(args: argparse.Namespace) -> None:
+    """Two SFT optimizer steps on every process; the bytes the DDP hook counted."""
+    trainer = _trainer(args, True, False)
+    for _ in range(2):
+        metrics = trainer.train_step()
+    if trainer.is_main:
+        print(json.dumps({"allreduce_bytes": metrics["allreduce_bytes"]}))
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from science_t2i.training.flux_math import flow_matching_loss
+
+    torch.set_num_threads(args.threads)
+    trainer = _trainer(args, *SETUPS[args.child])
     model = trainer.transformer
     opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    batch = trainer.model_inputs(*trainer.micro_batch(0))
+    batch = trainer.model_inputs(trainer.micro_batch(0))
     kwargs = {k: v for k, v in batch.items() if k != "target"}
 
     def bare_step() -> None:
@@ -116,6 +129,7 @@ def child(args: argparse.Namespace) -> None:
         "process_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "transformer_params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "lora_params_m": sum(p.numel() for p in trainer.params) / 1e6,
+        "grad_bytes": gradient_bytes(trainer.params),
     }))
 
 
@@ -126,9 +140,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--res", type=int, default=256)
-    ap.add_argument("--child", choices=list(SETUPS), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=[*SETUPS, "ddp"], help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child == "ddp":
+        child_ddp(args)
+        return
     if args.child:
         child(args)
         return
@@ -148,6 +165,8 @@ def main() -> None:
                                   "--threads", str(args.threads)],
                                  check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
+        counted = counted_by_ddp(Path(__file__), ["--workdir", tmp, "--res", str(args.res),
+                                                  "--batch", str(args.batch)])
     r0 = rows[0]
     print(f"FLUX-shaped random model: {r0['transformer_params_m']:.1f}M transformer params, "
           f"{r0['lora_params_m']:.3f}M LoRA params; {args.res}px, batch {args.batch}, "
@@ -166,6 +185,10 @@ def main() -> None:
           f"{g['peak_mib'] / max(c['peak_mib'], 1e-9):.2f}x training peak memory "
           "(cached latents)")
     print(f"live encoding vs cached: {rows[2]['trainer_ms'] / c['trainer_ms']:.2f}x time per step")
+    from stage2_round import flux_dev_lora_gradient_bytes
+    print(f"all-reduced per optimizer step: {c['grad_bytes']:,} bytes (the LoRA's fp32 "
+          f"gradients); counted by DDP's hook in a 2-process run: {counted:,} bytes; "
+          f"FLUX.1-dev with a rank-16 LoRA: {flux_dev_lora_gradient_bytes():,} bytes")
 
 
 if __name__ == "__main__":

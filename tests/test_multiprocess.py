@@ -78,7 +78,7 @@ def _sft_case() -> Case:
             "data.split=null", "data.resolution=32", f"output_dir={out}",
             f"cache.dir={work / 'cache'}", "cache.max_sequence_length=32",
             "train.mixed_precision=fp32", "train.batch_size=2", f"train.max_steps={STEPS}",
-            "train.gradient_checkpointing=false", "optim.lr=1e-3", "optim.warmup_steps=2",
+            "train.gradient_checkpointing=true", "optim.lr=1e-3", "optim.warmup_steps=2",
             "checkpoint.every=2", "checkpoint.keep_last=0", "log.progress=false",
             "log.plot_every=0", *extra])
 
@@ -100,7 +100,8 @@ def _dpo_case() -> Case:
         return load_config(DPOConfig, None, dpo_overrides(
             work / "flux", work / "prompts.json", out, "objective.kind=oft",
             "objective.timestep_fraction=0.5", "rollout.steps=4", "train.rounds=2",
-            "train.pairs_per_step=1", "optim.lr=1e-2", "checkpoint.every=2",
+            "train.pairs_per_step=1", "train.gradient_checkpointing=true", "optim.lr=1e-2",
+            "checkpoint.every=2",
             "checkpoint.keep_last=0", *extra))
 
     return Case("dpo", config, ("train.grad_accum=1",), ("train.grad_accum=2",),

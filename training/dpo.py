@@ -648,7 +648,8 @@ class DPOTrainer(LoraTrainer):
                 metrics = self.train_step(self.buffer, scheduled)
                 self.position += len(scheduled)
                 self.check_finite(metrics["loss"])
-                self.log(self.step, **metrics)
+                if self.step % self.cfg.log.every == 0:
+                    self.log(self.step, **metrics)
                 bar.update(1)
                 if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0:
                     self.save_checkpoint()

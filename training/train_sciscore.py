@@ -1,12 +1,13 @@
 """Train (or extend) SciScore: the paper's three-term preference loss on Science-T2I records.
 
-The loop is deliberately plain: one optimizer step = ``batch_size`` samples, split into
-micro-batches of ``micro_batch_size`` per device and accumulated. The sample stream, the
-checkpoint and the schedule all derive from the step number, so a run resumed from a
-checkpoint continues exactly as if it had never stopped. Every ``eval.every`` steps the model
-is scored on the held-out split with the paper's accuracy protocol (the same code as
-``science-t2i eval-reward``); the best model so far is written as a SciScore folder in the
-release layout, which the SciScore Loader node opens directly.
+One optimizer step = ``train.batch_size`` samples over all processes, split into
+micro-batches of ``train.micro_batch_size`` per process and accumulated; the loop, the
+checkpoints and the schedule are the trainer core's (``trainer.py``). The sample stream is a
+function of the sample number, so a run resumed from a checkpoint continues exactly as if it
+had never stopped, and N processes train on what one process would. Every ``eval.every``
+steps the model is scored on the held-out split with the paper's accuracy protocol (the same
+code as ``science-t2i eval-reward``); the best model so far is written as a SciScore folder
+in the release layout, which the SciScore Loader node opens directly.
 """
 from __future__ import annotations
 
