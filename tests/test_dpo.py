@@ -16,7 +16,8 @@ import torch
 from fake_comfy import FakeComfy
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.training.config import load_config, save_config
-from science_t2i.training.dpo import DPOConfig, DPOTrainer, adapter_disabled, train_dpo
+from science_t2i.training.dpo import DPOConfig, DPOTrainer, train_dpo
+from science_t2i.training.reference_policy import adapter_disabled
 from science_t2i.training.flux_sampler import FluxConditioning, latent_image_ids, predict_velocity
 from science_t2i.training.rollouts import RolloutPrompt
 from tiny_dpo import RES, dpo_overrides

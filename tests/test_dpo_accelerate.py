@@ -9,7 +9,8 @@ import torch
 
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.training.config import load_config
-from science_t2i.training.dpo import DPOConfig, DPOTrainer, adapter_disabled, lora_layers
+from science_t2i.training.dpo import DPOConfig, DPOTrainer
+from science_t2i.training.reference_policy import adapter_disabled, lora_layers
 from science_t2i.training.flux_sampler import latent_image_ids, predict_velocity
 from science_t2i.training.preference_losses import Pair
 from tiny_dpo import RES, dpo_overrides

@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -45,6 +45,7 @@ from .flux_sampler import (Trajectory, draw_noise, latent_image_ids, pack_mask,
                            predict_velocity, transition_log_prob)
 from .lora_trainer import LoraTrainer
 from .preference_losses import Pair, flow_dpo_loss, flow_matching_inputs, oft_loss, select_pairs
+from .reference_policy import adapter_disabled, lora_layers, merge_lora_into_weights, stack_loras
 from .rollouts import RolloutBatch, RolloutPrompt
 from .sections import (CheckpointSection, LogSection, LoraSection, OptimSection, RunSection,
                        require_at_least)
@@ -158,64 +159,6 @@ class DPOConfig:
                                   "> 0 (the paper uses 0.1).")
         if not 0 < self.objective.timestep_fraction <= 1:
             raise ScienceT2IError("objective.timestep_fraction must be in (0, 1].")
-
-
-# ----------------------------------------------------------------------------- reference policy
-
-def lora_layers(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer's PEFT adapter layers (found once: walking every module per step costs)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    return [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
-
-
-@contextlib.contextmanager
-def adapter_disabled(transformer: torch.nn.Module,
-                     layers: list[torch.nn.Module] | None = None) -> Iterator[None]:
-    """The reference policy: the same module with its LoRA adapters switched off (no copy).
-    ``layers`` (from :func:`lora_layers`) saves searching the module tree each call."""
-    layers = lora_layers(transformer) if layers is None else layers
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
-
-
-def merge_lora_into_weights(transformer: torch.nn.Module, lora: Any) -> int:
-    """Add a LoRA file's weight changes to the transformer's linear weights in place (before
-    any adapter is attached); returns the number of layers changed."""
-    changed = 0
-    for module in lora.modules:
-        try:
-            layer = transformer.get_submodule(module.removeprefix("transformer."))
-        except AttributeError:
-            raise ScienceT2IError(f"the SFT LoRA has layer {module!r}, which this FLUX "
-                                  "transformer does not; was it trained on another model?")
-        with torch.no_grad():
-            layer.weight += lora.delta(module).to(layer.weight.device, layer.weight.dtype)
-        changed += 1
-    return changed
-
-
-def stack_loras(first: Any, second: Any) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """One LoRA equal to the sum of two: ranks concatenated, each scale folded into B.
-    Keys as in ``LoraFile.tensors`` (``transformer.<module>.lora_A.weight``)."""
-    tensors: dict[str, torch.Tensor] = {}
-    ranks: dict[str, int] = {}
-    for module in dict.fromkeys(list(first.modules) + list(second.modules)):
-        As, Bs = [], []
-        for lora in (first, second):
-            if module in lora.ranks:
-                A = lora.tensors[f"{module}.lora_A.weight"].float()
-                B = lora.tensors[f"{module}.lora_B.weight"].float()
-                As.append(A)
-                Bs.append(B * (lora.alphas[module] / A.shape[0]))
-        tensors[f"{module}.lora_A.weight"] = torch.cat(As, 0).contiguous()
-        tensors[f"{module}.lora_B.weight"] = torch.cat(Bs, 1).contiguous()
-        ranks[module] = tensors[f"{module}.lora_A.weight"].shape[0]
-    return tensors, ranks
 
 
 # ----------------------------------------------------------------------------- trainer
