@@ -9,14 +9,23 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, override_example: str) -> None:
+def add_trainer_parser(subparsers: argparse._SubParsersAction, name: str, *, help: str,
+                       description: str, example: str, run: Any) -> argparse.ArgumentParser:
+    """A trainer's subcommand with the shared arguments; ``run(args) -> int`` runs it.
+    Returns the parser for the trainer's own arguments."""
+    parser = subparsers.add_parser(
+        name, help=help, description=f"{description} Settings come from the defaults (the "
+        "paper's), then --config, then key.sub=value overrides. Several GPUs: accelerate "
+        f"launch --multi_gpu --num_processes N -m science_t2i.training.cli {name} ...")
     parser.add_argument("--config", default=None, help="YAML or TOML config file")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in output_dir")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help=f"config overrides, e.g. {override_example}")
+                        help=f"config overrides, e.g. {example}")
+    parser.set_defaults(func=run)
+    return parser
 
 
 def resolve_config(cls: type[T], args: argparse.Namespace,

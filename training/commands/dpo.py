@@ -3,23 +3,22 @@ from __future__ import annotations
 
 import argparse
 
-from ._trainer_args import add_config_arguments, report, resolve_config
+from ._trainer_args import add_trainer_parser, report, resolve_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "dpo", help="stage 2: masked online preference fine-tuning of FLUX with SciScore rewards",
+    p = add_trainer_parser(
+        subparsers, "dpo", run=run,
+        help="stage 2: masked online preference fine-tuning of FLUX with SciScore rewards",
         description="Sample rollouts with the current LoRA (in-process, or on ComfyUI servers "
                     "with --comfy), score them with SciScore, mask the subject with "
                     "GroundingDINO and train on best-vs-worst pairs (objective.kind=oft, the "
-                    "paper's, or flow-dpo). Settings: defaults (the paper's), then --config, "
-                    "then key.sub=value overrides, e.g. model.sft_lora=runs/sft/x.safetensors.")
+                    "paper's, or flow-dpo).",
+        example="rollout.prompts=prompts.json train.rounds=50")
     p.add_argument("--comfy", action="append", default=[], metavar="URL[=LORA_DIR]",
                    help="a ComfyUI server for rollouts (repeat for several); sets "
                         "rollout.source=comfy. LORA_DIR: that server's models/loras folder as "
                         "seen from here (or set comfy.lora_dir for a shared folder)")
-    add_config_arguments(p, "rollout.prompts=prompts.json train.rounds=50")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

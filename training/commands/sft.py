@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from ._trainer_args import add_config_arguments, report, resolve_config
+from ._trainer_args import add_trainer_parser, report, resolve_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "sft", help="stage 1: rectified-flow LoRA fine-tuning of FLUX on Science-T2I data",
-        description="Fine-tune a LoRA on FLUX with (implicit prompt, explicit image) pairs. "
-                    "Settings come from the defaults (the paper's), then --config, then "
-                    "key.sub=value overrides, e.g. train.max_steps=500 optim.lr=1e-4.")
-    add_config_arguments(p, "data.path=/data/sci train.batch_size=2")
-    p.set_defaults(func=run)
+    add_trainer_parser(
+        subparsers, "sft", run=run,
+        help="stage 1: rectified-flow LoRA fine-tuning of FLUX on Science-T2I data",
+        description="Fine-tune a LoRA on FLUX with (implicit prompt, explicit image) pairs.",
+        example="data.path=/data/sci train.batch_size=2")
 
 
 def run(args: argparse.Namespace) -> int:
