@@ -209,6 +209,24 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(flux_dir, prompts, tmp_
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))
 
 
+def test_resume_at_a_round_boundary_logs_each_round_once(flux_dir, prompts, tmp_path):
+    # 3 steps a round and a checkpoint every 3: checkpoint 3 ends round 0 with its rollouts
+    # still held; round 1's summary was logged after it, so a resume must not log it twice
+    import shutil
+    extra = ("objective.kind=flow-dpo", "train.rounds=2", "rollout.prompts_per_round=3",
+             "train.pairs_per_step=1", "checkpoint.every=3", "checkpoint.keep_last=0")
+    out = tmp_path / "run"
+    straight = _lora(train_dpo(cfg_for(flux_dir, prompts, out, *extra)))
+    shutil.rmtree(out / "checkpoints" / "checkpoint-00000006")   # as if killed after step 5
+    resumed = _lora(train_dpo(cfg_for(flux_dir, prompts, out, *extra), resume=True))
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    from science_t2i.training.run_log import RunLog
+    records = RunLog(out).records()
+    assert [r["round"] for r in records if "reward_mean" in r] == [0, 1]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))
+
+
 # ----------------------------------------------------------------------------- ComfyUI source
 
 def test_flow_dpo_with_rollouts_on_comfyui_servers(flux_dir, prompts, tmp_path):
