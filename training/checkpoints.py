@@ -116,7 +116,7 @@ class CheckpointManager:
     """Save/load ``checkpoint-<step>`` folders under ``output_dir``; keep the last ``keep_last``
     (0 keeps all).
 
-    A checkpoint holds the run's shared state (``state.json`` + ``tensors.safetensors``, written
+    A checkpoint holds the run's shared state (``state.json`` + ``state.safetensors``, written
     by one process) and, in a run of several processes, one part per process
     (``process-<rank>.json`` + ``.safetensors``: its random state, its rollouts). All of it is
     written into a staging folder (``begin``, ``write_part``), which ``commit`` renames into

@@ -308,7 +308,7 @@ class DPOTrainer(LoraTrainer):
         if self.is_main:
             # the summary lines of rounds that will be sampled again go, or they would repeat
             first_new = self.round + (1 if self.round_rewards is not None else 0)
-            self._drop_round_log(first_new)
+            self.run_log.drop(lambda r: "reward_mean" in r and int(r.get("round", -1)) >= first_new)
 
     def process_state(self) -> dict[str, Any]:
         return {"buffer": self.buffer.to_state()} if self.buffer is not None else {}
@@ -318,13 +318,6 @@ class DPOTrainer(LoraTrainer):
         if (self.buffer is None) != (self.round_rewards is None):
             raise ScienceT2IError("the checkpoint's rollouts are incomplete; resume from an "
                                   "older checkpoint (delete this one).")
-
-    def _drop_round_log(self, first_round: int) -> None:
-        from ..nodes.files import write_bytes_atomic
-        kept = [r for r in self.run_log.records()
-                if not ("reward_mean" in r and int(r.get("round", -1)) >= first_round)]
-        write_bytes_atomic(self.run_log.path,
-                           "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     # ---------------------------------------------------------------- rounds
     def round_prompts(self, round_index: int) -> list[RolloutPrompt]:

@@ -5,7 +5,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..nodes.files import atomic_path, write_bytes_atomic
 
@@ -47,11 +47,15 @@ class RunLog:
                 continue  # a line cut short by a kill mid-write
         return out
 
+    def drop(self, unwanted: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrite the log without the entries ``unwanted`` picks (atomic)."""
+        kept = [r for r in self.records() if not unwanted(r)]
+        write_bytes_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
     def truncate_after(self, step: int) -> None:
         """Drop entries past ``step`` (written after the checkpoint a resumed run starts from),
         so the log of a resumed run reads like one uninterrupted run."""
-        kept = [r for r in self.records() if int(r.get("step", 0)) <= step]
-        write_bytes_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self.drop(lambda r: int(r.get("step", 0)) > step)
 
     def plot(self, keys: Iterable[str], png_path: str | Path) -> Path:
         """Draw each metric in ``keys`` against the step, one panel per metric, as a PNG."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 
@@ -322,23 +322,25 @@ class SciScoreTrainer(Trainer):
         base = step * self.cfg.train.batch_size + (micro * self.num_processes + self.rank) * m
         return list(range(base, base + m))
 
-    def _next_batch(self) -> SciScoreBatch:
-        """The next micro-batch of this process; the one after it loads meanwhile."""
-        step, micro = self._plan[self._pos]
-        batch = (self._pending.result() if self._pending is not None
-                 else self.stream.batch(self.sample_numbers(step, micro)))
-        self._pos += 1
-        self._pending = None
-        if self._pos < len(self._plan):
-            self._pending = self._prefetch.submit(self.stream.batch,
-                                                  self.sample_numbers(*self._plan[self._pos]))
-        return batch.to(self.device)
+    def _micro_batches(self, pool: ThreadPoolExecutor) -> Iterator[SciScoreBatch]:
+        """This process's micro-batches from the current step to the last, each loading in
+        ``pool`` while the one before it trains."""
+        keys = [(t, i) for t in range(self.step, self.cfg.train.max_steps)
+                for i in range(self.accum)]
+        pending = None
+        for key in keys:
+            upcoming = pool.submit(self.stream.batch, self.sample_numbers(*key))
+            if pending is not None:
+                yield pending.result().to(self.device)
+            pending = upcoming
+        if pending is not None:
+            yield pending.result().to(self.device)
 
     # ---------------------------------------------------------------- loop
     def train_step(self) -> dict[str, Any]:
         sums: dict[str, float] = {}
         for micro in range(self.accum):
-            batch = self._next_batch()
+            batch = next(self._batches)
             with self.accumulating(last=micro == self.accum - 1):
                 parts = batch_loss(self.model, batch, self.cfg.loss.lambda_)
                 # summed over the micro-batch (as the reference); averaged over accumulation
@@ -355,7 +357,8 @@ class SciScoreTrainer(Trainer):
             self.evaluate()
 
     def evaluate(self) -> None:
-        """Held-out accuracy (main process); a better model replaces ``best/``."""
+        """Held-out accuracy (main process; the others wait); a better model replaces
+        ``best/``. Only the main process's best step and accuracy are kept (checkpoints)."""
         if self.is_main:
             cfg, out = self.cfg, self.output_dir
             was_training = self.clip.training
@@ -372,10 +375,7 @@ class SciScoreTrainer(Trainer):
                 self.best_accuracy, self.best_step = acc, self.step
                 save_sciscore_folder(self.clip, self.tokenizer, self.image_cfg, out / BEST_DIR,
                                      extra={"step": self.step, **_plain_eval(result)})
-        # every process learns the best so far: it is part of the checkpoint
-        best = self.sum_across({"step": float(self.best_step) if self.is_main else 0.0,
-                                "accuracy": self.best_accuracy if self.is_main else 0.0})
-        self.best_step, self.best_accuracy = int(best["step"]), float(best["accuracy"])
+        self.accelerator.wait_for_everyone()
 
     def run(self, stop_after: int | None = None) -> TrainResult:
         """Train to ``train.max_steps``; ``stop_after`` ends this call after that many
@@ -384,16 +384,13 @@ class SciScoreTrainer(Trainer):
         self.begin_run()
         if self.step == 0 and cfg.eval.at_start:
             self.evaluate()
-        self._plan = [(t, i) for t in range(self.step, cfg.train.max_steps)
-                      for i in range(self.accum)]
-        self._pos, self._pending = 0, None
-        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sciscore-prefetch")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sciscore-prefetch")
+        self._batches = self._micro_batches(pool)
         try:
             self.run_steps(cfg.train.max_steps, stop_after)
         finally:
-            if self._pending is not None:
-                self._pending.cancel()
-            self._prefetch.shutdown(wait=True, cancel_futures=True)
+            self._batches.close()
+            pool.shutdown(wait=True, cancel_futures=True)
             self.stream.close()
         if self.is_main:
             if self.step == cfg.train.max_steps and cfg.save_final:

@@ -163,19 +163,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSection,
 
 # ----------------------------------------------------------------------------- settings
 
-def _without(tree: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
-    for key in keys:
-        node, parts = out, key.split(".")
-        for part in parts[:-1]:
-            node = node.get(part, {})
-        node.pop(parts[-1], None)
-    return out
+def _pop(tree: dict[str, Any], key: str) -> Any:
+    """Remove the dotted ``key`` from a nested dict; returns what was there (None if absent)."""
+    *sections, name = key.split(".")
+    for section in sections:
+        tree = tree.get(section, {})
+    return tree.pop(name, None)
 
 
 def resume_digest(cfg: Any, may_change: Iterable[str]) -> str:
     """The one settings digest: the config without the keys a resume may change."""
-    return json_digest(_without(config_to_dict(cfg), may_change), 16)
+    tree = config_to_dict(cfg)   # a fresh tree: popping from it leaves cfg alone
+    for key in may_change:
+        _pop(tree, key)
+    return json_digest(tree, 16)
 
 
 def flat_config(cfg: Any) -> dict[str, Any]:
@@ -194,8 +195,10 @@ def flat_config(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def _describe(keys: Iterable[str]) -> str:
-    names = [k if "." in k or k in ("output_dir", "lora_name") else f"{k}.*" for k in keys]
+def _describe(cfg: Any, keys: Iterable[str]) -> str:
+    """``train.max_steps, checkpoint.* and log.*``: the keys, sections marked with ``.*``."""
+    tree = config_to_dict(cfg)
+    names = [f"{k}.*" if isinstance(_pop(tree, k), dict) else k for k in keys]
     return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
@@ -232,7 +235,7 @@ class Trainer:
         self.run_log = RunLog(self.output_dir)
         if self.resume:
             path, state = self.checkpoints.load_for_resume(
-                self.resume_digest(), _describe(self.may_change_on_resume),
+                self.resume_digest(), _describe(self.cfg, self.may_change_on_resume),
                 self.num_processes)
             self._resume = (path, state, self.checkpoints.load_part(path, self.rank))
 
@@ -405,8 +408,7 @@ class Trainer:
         the shared state and renames the folder into place. Returns its path (main process)."""
         acc, ckpts = self.accelerator, self.checkpoints
         staging = ckpts.staging_path(self.step)
-        acc.wait_for_everyone()
-        if self.is_main:
+        if self.is_main:  # every earlier save ended at a barrier: no process is writing
             ckpts.begin(self.step)
         acc.wait_for_everyone()
         ckpts.write_part(staging, self.rank, {**self.process_state(), "rng": capture_rng_state()})
