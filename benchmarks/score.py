@@ -99,7 +99,8 @@ def build_scorer(args):
 def twin(scorer, **changes):
     """The same weights and settings, with ``changes`` (compile=True, onednn=False)."""
     from science_t2i.nodes.sciscore import SciScoreModel
-    settings = {"compile": scorer.compile, "onednn": scorer.onednn, **changes}
+    settings = {"compile": scorer.compile, "onednn": scorer.onednn,
+                "preprocess": scorer.preprocess, **changes}
     return SciScoreModel(scorer._backend, name=scorer.name, image_size=scorer.image_size,
                          crop_size=scorer.crop_size, mean=scorer.mean, std=scorer.std,
                          device=scorer.device, dtype=scorer.dtype, batch_size=scorer.batch_size,
@@ -147,7 +148,12 @@ def gemm_seconds(calls: dict, reps: int) -> dict:
 
 
 def reference_processor(scorer):
-    from transformers import CLIPImageProcessor
+    # the PIL pipeline the reference ran (transformers 4's CLIPImageProcessor; 5 calls it ...Pil)
+    try:
+        from transformers.models.clip.image_processing_pil_clip import \
+            CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
     return CLIPImageProcessor(size={"shortest_edge": scorer.image_size},
                               crop_size={"height": scorer.crop_size, "width": scorer.crop_size},
                               image_mean=scorer.mean, image_std=scorer.std)
@@ -168,6 +174,20 @@ def run_reference(scorer, processor, images, prompt) -> tuple[Clock, torch.Tenso
                        pixel_values=pixels)
             scores.append(out.logits_per_image[0, 0])
     return clock, torch.stack(scores)
+
+
+def run_preprocess(scorer, images, mode: str) -> Clock:
+    """The image preprocessing alone (what ``encode_images`` does before the tower)."""
+    from science_t2i.nodes.sciscore import image_views
+    saved, scorer.preprocess = scorer.preprocess, mode
+    views = image_views(images)
+    try:
+        with Clock() as clock:
+            for i in range(0, len(views), scorer.batch_size):
+                scorer._pixels(views[i:i + scorer.batch_size])
+    finally:
+        scorer.preprocess = saved
+    return clock
 
 
 def run_ours(scorer, images, prompt) -> tuple[Clock, Clock, torch.Tensor]:
@@ -225,12 +245,15 @@ def main() -> None:
     mm = [gemm_seconds(calls, reps=5)]
     totals = {k: [] for k in scorers}
     image_only = {k: [] for k in scorers}
+    prep = {"exact": [], "fast": []}
     scores = {}
     ref = []
     for _ in range(args.repeats):  # alternate, so background load hits all paths alike
         for key, s in scorers.items():
             total, img_only, scores[key] = run_ours(s, images, PROMPT)
             totals[key].append(total), image_only[key].append(img_only)
+        for mode in prep:
+            prep[mode].append(run_preprocess(scorer, images, mode))
         rt, s_ref = run_reference(scorer, processor, images, PROMPT)
         ref.append(rt)
         mm.append(gemm_seconds(calls, reps=5))  # the best of all counts
@@ -263,6 +286,10 @@ def main() -> None:
         print(f"  {'reference':<19}: {t_ref:6.2f} s  {n / t_ref:6.3f} images/s  "
               f"{flop_ref / t_ref:6.1f} GFLOP/s = {of_matmul(flop_ref / t_ref)}")
         print(f"  speed-up of ours over the reference path: {t_ref / best(totals['ours']):.3f}x")
+        for mode, clocks in prep.items():
+            print(f"  {mode} preprocessing of {args.input_size} px images: "
+                  f"{best(clocks) / n * 1e3:6.1f} ms per image = "
+                  f"{best(clocks) / best(totals['ours']):.2%} of ours' scoring time")
     print(f"max |score difference| ours vs reference: "
           f"{(scores['ours'] - s_ref).abs().max().item():.4f} "
           f"(scale exp(logit_scale) = {scorer.logit_scale_exp:.1f})")

@@ -30,7 +30,8 @@ def as_rgb_batch(image: torch.Tensor, what: str = "image") -> torch.Tensor:
             f"{what}: images must have 1, 3 or 4 channels in the last dimension, got {c} "
             f"(shape {tuple(image.shape)}); is the tensor channels-first?")
     image = image.float()
-    if not torch.isfinite(image).all():
+    # one reduction in the usual case; the element-wise check only when the sum is not finite
+    if not torch.isfinite(image.sum()) and not torch.isfinite(image).all():
         bad = (~torch.isfinite(image)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ScienceT2IError(
             f"{what}: image(s) {bad} contain NaN or infinite values; check the node that "
@@ -39,7 +40,8 @@ def as_rgb_batch(image: torch.Tensor, what: str = "image") -> torch.Tensor:
         image = image.expand(-1, -1, -1, 3)
     elif c == 4:
         image = image[..., :3]
-    return image.clamp(0.0, 1.0)
+    lo, hi = torch.aminmax(image)
+    return image.clamp(0.0, 1.0) if lo < 0 or hi > 1 else image
 
 
 def as_mask_batch(mask: torch.Tensor, what: str = "mask") -> torch.Tensor:

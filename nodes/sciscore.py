@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _comfy, clip_onednn
+from .clip_preprocess import MODES as PREPROCESS_MODES
 from .clip_preprocess import preprocess_images
 from .errors import ScienceT2IError
 from .images import as_rgb_batch
@@ -124,13 +125,21 @@ class SciScoreModel:
     def __init__(self, backend: Any, *, name: str, image_size: int, crop_size: int,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
                  dtype: torch.dtype, batch_size: int = 16, compile: bool = False,
-                 onednn: bool = True):
+                 onednn: bool = True, preprocess: str = "exact",
+                 convention: str = "transformers", rescale_factor: float = 1 / 255,
+                 resample: str = "bicubic"):
         if batch_size < 1:
             raise ScienceT2IError(f"batch_size must be at least 1, got {batch_size}")
         self._backend = backend
         self.name = name
         self.image_size, self.crop_size = int(image_size), int(crop_size)
         self.mean, self.std = list(mean), list(std)
+        if preprocess not in PREPROCESS_MODES:
+            raise ScienceT2IError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; "
+                                  f"got {preprocess!r}.")
+        # exact: the pixels CLIPImageProcessor (or open_clip's transform) gives the 8-bit image
+        self.preprocess = preprocess
+        self.convention, self.rescale_factor, self.resample = convention, rescale_factor, resample
         self.device, self.dtype = device, dtype
         self.batch_size = int(batch_size)
         # torch.compile of the image tower: opt-in, built on first use; any failure (no
@@ -148,7 +157,7 @@ class SciScoreModel:
     def from_clip(cls, clip: Any, tokenizer: Any, image_config: dict[str, Any], *,
                   name: str = "clip", device: torch.device | None = None,
                   batch_size: int = 16, compile: bool = False,
-                  onednn: bool = True) -> "SciScoreModel":
+                  onednn: bool = True, preprocess: str = "exact") -> "SciScoreModel":
         """A scorer around a transformers CLIPModel already in memory (e.g. one being
         trained). ``image_config`` is the dict ``load_clip_directory`` returns."""
         dev = device if device is not None else next(clip.parameters()).device
@@ -156,7 +165,9 @@ class SciScoreModel:
                    crop_size=image_config["crop_size"], mean=image_config["image_mean"],
                    std=image_config["image_std"], device=dev,
                    dtype=next(clip.parameters()).dtype, batch_size=batch_size, compile=compile,
-                   onednn=onednn)
+                   onednn=onednn, preprocess=preprocess,
+                   rescale_factor=image_config.get("rescale_factor", 1 / 255),
+                   resample=image_config.get("resample", "bicubic"))
 
     # ------------------------------------------------------------------ properties
 
@@ -230,7 +241,9 @@ class SciScoreModel:
     def _pixels(self, batch: list[torch.Tensor]) -> torch.Tensor:
         def prep(x: torch.Tensor) -> torch.Tensor:
             return preprocess_images(x.to(self.device, non_blocking=True), self.image_size,
-                                     self.mean, self.std, crop_size=self.crop_size)
+                                     self.mean, self.std, crop_size=self.crop_size,
+                                     mode=self.preprocess, convention=self.convention,
+                                     rescale_factor=self.rescale_factor, resample=self.resample)
         if all(v.shape == batch[0].shape for v in batch):
             pixels = prep(torch.cat(batch))
         else:
@@ -316,7 +329,8 @@ def count_images(images: ImagesArg) -> int:
 def load_sciscore(model: str | Path = DEFAULT_SCISCORE,
                   device: str | torch.device | None = None, dtype: str = "auto",
                   batch_size: int = 16, open_clip_arch: str | None = None,
-                  compile: bool = False, onednn: bool = True) -> SciScoreModel:
+                  compile: bool = False, onednn: bool = True,
+                  preprocess: str = "exact") -> SciScoreModel:
     """Load SciScore from a name in models/sciscore, any path, or a hub id.
 
     A transformers CLIP folder or an open_clip .safetensors file (ViT-H-14 unless an
@@ -327,6 +341,9 @@ def load_sciscore(model: str | Path = DEFAULT_SCISCORE,
     to eager if compilation fails). ``onednn``: with fp32 weights on CPU, run the image
     tower's linear layers through oneDNN's fused kernels (same maths, about 2x faster where
     PyTorch's matmul is MKL on a non-Intel CPU); False keeps PyTorch's own forward.
+    ``preprocess``: "exact" gives the model the pixels its own processor (transformers'
+    CLIPImageProcessor, or open_clip's transform) computes from the 8-bit image, bit for bit;
+    "fast" one float bicubic resize (pixels a few 1/255 steps off, see README).
     """
     path = resolve_source(model)
     dev = _comfy.torch_device() if device in (None, "", "auto") else torch.device(device)
@@ -339,13 +356,15 @@ def load_sciscore(model: str | Path = DEFAULT_SCISCORE,
         clip, tokenizer, cfg = load_clip_directory(path, dtype=torch_dtype)
         log.info("SciScore %s loaded from %s (%s, %s)", name, path, dev, torch_dtype)
         return SciScoreModel.from_clip(clip, tokenizer, cfg, name=name, device=dev,
-                                       batch_size=batch_size, compile=compile, onednn=onednn)
+                                       batch_size=batch_size, compile=compile, onednn=onednn,
+                                       preprocess=preprocess)
     parts = load_open_clip_file(path, dtype=torch_dtype, arch=open_clip_arch)
     log.info("SciScore %s loaded from %s (%s, %s)", name, path, dev, torch_dtype)
     return SciScoreModel(_OpenClipBackend(parts.model, parts.tokenizer), name=name,
                          image_size=parts.size, crop_size=parts.size, mean=parts.mean,
                          std=parts.std, device=dev, dtype=torch_dtype, batch_size=batch_size,
-                         compile=compile, onednn=onednn)
+                         compile=compile, onednn=onednn, preprocess=preprocess,
+                         convention="torchvision")
 
 
 # ----------------------------------------------------------------------------- node classes
@@ -390,6 +409,10 @@ class SciScoreLoader:
             "dtype": (["auto", "fp16", "bf16", "fp32"], {"tooltip": "auto: fp16 on CUDA, fp32 on CPU"}),
             "batch_size": ("INT", {"default": 16, "min": 1, "max": 256,
                                    "tooltip": "images encoded per forward pass"}),
+        }, "optional": {
+            "preprocess": (list(PREPROCESS_MODES), {"default": "exact", "tooltip":
+                           "exact: the pixels SciScore's own processor computes (the paper's "
+                           "numbers); fast: one float resize, scores ~1e-3 off"}),
         }}
 
     RETURN_TYPES = ("SCISCORE_MODEL",)
@@ -398,8 +421,10 @@ class SciScoreLoader:
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads the SciScore reward model (a CLIP-H fine-tuned for scientific realism)."
 
-    def load(self, model: str, dtype: str = "auto", batch_size: int = 16):
-        return (load_sciscore(model, device=None, dtype=dtype, batch_size=batch_size),)
+    def load(self, model: str, dtype: str = "auto", batch_size: int = 16,
+             preprocess: str = "exact"):
+        return (load_sciscore(model, device=None, dtype=dtype, batch_size=batch_size,
+                              preprocess=preprocess),)
 
 
 class SciScoreNode:

@@ -122,8 +122,13 @@ def _check_size(path: Path) -> None:
             f"{8 + n + end}): the download was interrupted; delete it and download it again.")
 
 
+# PIL's resampling filter numbers (as preprocessor_config.json stores them) -> pil_resample's
+PIL_RESAMPLE = {3: "bicubic", 2: "bilinear"}
+
+
 def read_preprocessor_config(folder: Path, image_size: int) -> dict[str, Any]:
-    """size / crop_size / mean / std from preprocessor_config.json (CLIP defaults if absent)."""
+    """size / crop_size / mean / std / rescale_factor / resample from preprocessor_config.json
+    (CLIP defaults if absent)."""
     path = folder / "preprocessor_config.json"
     raw: dict[str, Any] = {}
     if path.is_file():
@@ -144,10 +149,16 @@ def read_preprocessor_config(folder: Path, image_size: int) -> dict[str, Any]:
 
     size = edge(raw.get("size"), "shortest_edge") or image_size
     crop = edge(raw.get("crop_size"), "height") or size
+    resample = PIL_RESAMPLE.get(raw.get("resample", 3))
+    if resample is None:
+        raise ScienceT2IError(
+            f"{path}: resample={raw.get('resample')!r} is not supported; SciScore "
+            "preprocessing reproduces PIL's bicubic (3) or bilinear (2).")
     return {"size": int(size), "crop_size": int(crop),
             "image_mean": [float(v) for v in raw.get("image_mean", CLIP_MEAN)],
             "image_std": [float(v) for v in raw.get("image_std", CLIP_STD)],
-            "raw": raw}
+            "rescale_factor": float(raw.get("rescale_factor", 1 / 255)),
+            "resample": resample, "raw": raw}
 
 
 def load_clip_directory(path: str | os.PathLike, dtype: torch.dtype = torch.float32,

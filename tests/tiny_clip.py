@@ -153,15 +153,26 @@ def build_tiny_open_clip(folder: str | Path, seed: int = 0,
     return path
 
 
+def pil_clip_processor() -> type:
+    """The PIL-based CLIPImageProcessor the reference implementation ran (transformers 4.x's
+    CLIPImageProcessor; transformers 5 names it CLIPImageProcessorPil)."""
+    try:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        return CLIPImageProcessorPil
+    except ImportError:
+        from transformers import CLIPImageProcessor
+        return CLIPImageProcessor
+
+
 def reference_sciscore(folder: str | Path, images: list, prompts: list[str]) -> torch.Tensor:
     """SciScore computed the way the paper's evaluation code does it, independently of the
     pack: CLIPProcessor-style preprocessing (CLIPImageProcessor on PIL images, the tokenizer
     with padding/truncation to 77), the raw CLIPModel features, L2 normalisation, and
     exp(logit_scale) * cosine. ``images``: PIL images; ``prompts``: one per image."""
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from transformers import AutoTokenizer, CLIPModel
     folder = str(folder)
     model = CLIPModel.from_pretrained(folder).eval()
-    processor = CLIPImageProcessor.from_pretrained(folder)
+    processor = pil_clip_processor().from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     with torch.no_grad():
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]

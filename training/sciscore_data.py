@@ -80,13 +80,18 @@ class ImageSpec:
     crop_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    rescale_factor: float = 1 / 255
+    resample: str = "bicubic"
+    mode: str = "exact"             # clip_preprocess: exact (the processor's pixels) or fast
 
     @classmethod
-    def from_image_config(cls, cfg: dict[str, Any]) -> "ImageSpec":
+    def from_image_config(cls, cfg: dict[str, Any], mode: str = "exact") -> "ImageSpec":
         """From the image config ``load_clip_directory`` returns (the scorer reads the same)."""
         return cls(size=int(cfg["size"]), crop_size=int(cfg.get("crop_size") or cfg["size"]),
                    mean=tuple(float(v) for v in cfg["image_mean"]),
-                   std=tuple(float(v) for v in cfg["image_std"]))
+                   std=tuple(float(v) for v in cfg["image_std"]),
+                   rescale_factor=float(cfg.get("rescale_factor", 1 / 255)),
+                   resample=str(cfg.get("resample", "bicubic")), mode=mode)
 
 
 def image_tensor(ref: ImageRef) -> torch.Tensor:
@@ -112,7 +117,8 @@ def preprocess(img: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
     """One [H,W,3] image -> [3, crop, crop] normalised pixels (the scorer's own preprocessing)."""
     from ..nodes.clip_preprocess import preprocess_images
     return preprocess_images(img.unsqueeze(0), spec.size, spec.mean, spec.std,
-                             crop_size=spec.crop_size)[0]
+                             crop_size=spec.crop_size, mode=spec.mode,
+                             rescale_factor=spec.rescale_factor, resample=spec.resample)[0]
 
 
 @dataclass
