@@ -168,6 +168,11 @@ def test_two_processes_train_what_one_process_with_the_same_global_batch_trains(
     assert [r["step"] for r in log_two] == list(range(1, STEPS + 1))
     for r1, r2 in zip(log_one, log_two):
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
+    if case.command == "train-sciscore":
+        # train.process_loss=sum (the reference preset): each process's gradient is that of
+        # the loss summed over both processes' samples, twice one process's; Adam's update
+        # hardly changes with the scale, which is why the weights above still agree
+        assert log_two[0]["grad_norm"] == pytest.approx(2 * log_one[0]["grad_norm"], rel=1e-4)
     # one all-reduce of every trained gradient (fp32) per optimizer step, none for one process
     assert {r["allreduce_bytes"] for r in log_two} == {4 * case.trained(b)}
     assert not any("allreduce_bytes" in r for r in log_one)

@@ -54,8 +54,10 @@ def data_path(tmp_path_factory) -> Path:
 
 
 def _cfg(flux_dir, data_path, out, *extra: str) -> SFTConfig:
+    # the pack's preset (crop, continuous timesteps): these tests check its behaviour; the
+    # reference preset has its own tests (test_reference_preset.py)
     return load_config(SFTConfig, None, [
-        f"model.path={flux_dir}", f"data.path={data_path}", "data.split=null",
+        "preset=pack", f"model.path={flux_dir}", f"data.path={data_path}", "data.split=null",
         f"data.resolution={RES}", f"output_dir={out}", "cache.max_sequence_length=32",
         "train.mixed_precision=fp32", "train.batch_size=2", "train.grad_accum=2",
         "train.max_steps=6", "optim.lr=1e-3", "optim.warmup_steps=2", "checkpoint.every=2",
@@ -338,8 +340,25 @@ def test_paper_defaults():
     assert cfg.lora.targets == ["to_k", "to_q", "to_v", "to_out.0"]
     assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay) == (2e-5, (0.9, 0.999), 1e-4)
     assert (cfg.train.batch_size, cfg.train.grad_accum, cfg.data.resolution) == (4, 8, 512)
-    assert (cfg.train.mixed_precision, cfg.train.guidance, cfg.train.timestep_sampling) == \
-        ("bf16", 0.0, "uniform")
+    assert (cfg.train.mixed_precision, cfg.train.guidance) == ("bf16", 0.0)
+    # the reference implementation's settings by default (sft_flux.py, config/custom.py)
+    assert cfg.preset == "reference"
+    assert (cfg.train.timestep_sampling, cfg.train.epochs, cfg.train.max_steps) == \
+        ("discrete", 60, None)
+    assert (cfg.data.resample, cfg.data.crop, cfg.data.upscale_small, cfg.lora.dtype) == \
+        ("bilinear", False, True, "base")
+    pack = load_config(SFTConfig, None, ["preset=pack"])
+    assert (pack.train.timestep_sampling, pack.train.epochs, pack.train.max_steps) == \
+        ("uniform", None, 1000)
+    assert (pack.data.resample, pack.data.crop, pack.data.upscale_small, pack.lora.dtype) == \
+        ("bicubic", True, False, "fp32")
+    # an option set by hand wins over the preset
+    mixed = load_config(SFTConfig, None, ["preset=pack", "train.timestep_sampling=discrete",
+                                          "train.epochs=2"])
+    assert (mixed.train.timestep_sampling, mixed.data.crop, mixed.train.epochs,
+            mixed.train.max_steps) == ("discrete", True, 2, None)
+    with pytest.raises(ScienceT2IError, match="not both"):
+        load_config(SFTConfig, None, ["train.epochs=2", "train.max_steps=3"])
 
 
 def test_optimizer_and_lora_setup(flux_dir, caplog):

@@ -271,15 +271,26 @@ def test_defaults_are_the_papers():
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps, cfg.train.max_steps,
             cfg.optim.max_grad_norm, cfg.train.batch_size) == (2e-6, 0.3, 150, 600, 1.0, 1024)
     assert cfg.eval.every == 10 and cfg.data.augment is False
-    # warmup rises to the peak, then decays to zero at the last step
+    assert (cfg.preset, cfg.train.process_loss, cfg.data.preprocess) == ("reference", "sum",
+                                                                         "exact")
     from science_t2i.training.trainer import make_scheduler
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
-    sched = make_scheduler(opt, cfg.optim, cfg.train.max_steps)
-    f = []
-    for _ in range(601):
-        f.append(sched.get_last_lr()[0] / cfg.optim.lr)
-        opt.step()
-        sched.step()
+
+    def factors(c):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.optim.lr)
+        sched = make_scheduler(opt, c.optim, c.train.max_steps)
+        f = []
+        for _ in range(601):
+            f.append(sched.get_last_lr()[0] / c.optim.lr)
+            opt.step()
+            sched.step()
+        return f
+    # reference (lr_schedulers/constant_with_warmup.py): warm-up to the peak, then constant
+    f = factors(cfg)
+    assert f[0] < f[75] < f[149] <= 1.0 and f[150] == f[375] == f[600] == 1.0
+    # pack: warm-up, then linear decay to zero at the last step
+    pack = load_config(ts.SciScoreTrainConfig, None, ["preset=pack"])
+    assert (pack.optim.schedule, pack.train.process_loss) == ("linear", "mean")
+    f = factors(pack)
     assert f[0] < f[75] < f[149] <= 1.0 and f[150] == 1.0 and f[375] == pytest.approx(0.5)
     assert f[600] == 0.0
 

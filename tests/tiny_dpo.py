@@ -36,7 +36,9 @@ def write_prompts(path: Path, n: int = 6) -> Path:
 
 
 def dpo_overrides(flux_dir: Path, prompts: Path, out: Path, *extra: str) -> list[str]:
-    return [f"model.path={flux_dir}", f"rollout.prompts={prompts}", f"rollout.resolution={RES}",
+    # the pack's preset: these tests check its pairing and weighting; the reference preset
+    # has its own tests (test_reference_preset.py)
+    return ["preset=pack", f"model.path={flux_dir}", f"rollout.prompts={prompts}", f"rollout.resolution={RES}",
             "rollout.steps=6", "rollout.samples_per_prompt=4", "rollout.prompts_per_round=6",
             "rollout.max_sequence_length=32", "reward.kind=brightness", "mask.enabled=false",
             "train.mixed_precision=fp32", "train.gradient_checkpointing=false",

@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
 
 import torch
 
@@ -44,8 +44,10 @@ from .flux_math import sample_sigmas
 from .flux_sampler import (Trajectory, draw_noise, latent_image_ids, pack_mask,
                            predict_velocity, transition_log_prob)
 from .lora_trainer import LoraTrainer
+from .presets import Preset, resolve_preset
 from .preference_losses import Pair, flow_dpo_loss, flow_matching_inputs, oft_loss, select_pairs
-from .reference_policy import adapter_disabled, lora_layers, merge_lora_into_weights, stack_loras
+from .reference_policy import (REFERENCE_ADAPTER, adapter_active, adapter_disabled, lora_layers,
+                               merge_lora_into_weights, stack_loras)
 from .rollouts import RolloutBatch, RolloutPrompt
 from .sections import (CheckpointSection, LogSection, LoraSection, OptimSection, RunSection,
                        require_at_least)
@@ -65,6 +67,9 @@ Scheduled = tuple[int, Pair]
 class DPOModelSection:
     path: str = "black-forest-labs/FLUX.1-dev"   # a diffusers FLUX folder (or a Hub id)
     sft_lora: str = ""        # stage-1 LoRA to start from; it becomes the reference policy
+    # continue: keep training the SFT LoRA, the reference a frozen copy of it (reference
+    # implementation); merge: merge it into the weights, train a new LoRA (pack). None: preset
+    sft_start: Optional[Literal["continue", "merge"]] = None
 
 
 @dataclass
@@ -86,6 +91,9 @@ class RewardSection:
     kind: Literal["sciscore", "brightness"] = "sciscore"   # brightness: synthetic, for smoke runs
     model: str = "Jialuo21/SciScore"
     batch_size: int = 16
+    # fp32 (reference implementation) or auto (fp16 on CUDA, fp32 on CPU). None: preset
+    dtype: Optional[Literal["fp32", "auto", "fp16", "bf16"]] = None
+    preprocess: Literal["exact", "fast"] = "exact"   # SciScore's pixels (clip_preprocess.py)
 
 
 @dataclass
@@ -104,13 +112,20 @@ class ObjectiveSection:
     flow_dpo_beta: float = 100.0
     timestep_fraction: float = 1.0   # oft: share of the recorded timesteps trained (paper: all)
     timestep_sampling: Literal["uniform", "logit_normal", "mode"] = "uniform"   # flow-dpo
+    # matrix: the reference's mean over the 2x2 matrix of sample pairs, (L + 3 ln 2) / 4;
+    # pair: L, the winner-vs-loser term alone. None: from the preset
+    pair_loss: Optional[Literal["matrix", "pair"]] = None
+    # keep: prompts whose rewards tie stay in the step (zero gradient, counted in the mean,
+    # as the reference); drop: they give no pair. None: from the preset
+    ties: Optional[Literal["keep", "drop"]] = None
 
 
 @dataclass
 class DPOTrainSection(RunSection):
-    rounds: int = 100
+    rounds: Optional[int] = None          # None: preset (reference 39 = epochs 61-99; pack 100)
     inner_epochs: int = 1
-    pairs_per_step: int = 1   # pairs per micro-batch on one process (oft: all timesteps)
+    pairs_per_step: Optional[int] = None  # pairs per micro-batch on one process (oft: all
+    #                                       timesteps); None: preset (reference 2, pack 1)
     grad_accum: int = 1       # micro-batches per process and optimizer step
 
 
@@ -123,8 +138,21 @@ class ComfySection:
     timeout: float = 1800.0
 
 
+# option -> (reference implementation, pack); see presets.py and README
+DPO_PRESETS: dict[str, tuple[Any, Any]] = {
+    "model.sft_start": ("continue", "merge"),
+    "objective.pair_loss": ("matrix", "pair"),
+    "objective.ties": ("keep", "drop"),
+    "train.rounds": (39, 100),
+    "train.pairs_per_step": (2, 1),
+    "reward.dtype": ("fp32", "auto"),
+    "lora.dtype": ("base", "fp32"),
+}
+
+
 @dataclass
 class DPOConfig:
+    preset: Preset = "reference"
     output_dir: str = "runs/dpo"
     lora_name: str = "science_t2i_oft.safetensors"
     model: DPOModelSection = field(default_factory=DPOModelSection)
@@ -141,7 +169,13 @@ class DPOConfig:
     comfy: ComfySection = field(default_factory=ComfySection)
 
     def __post_init__(self) -> None:
+        resolve_preset(self, DPO_PRESETS)
         r, t = self.rollout, self.train
+        if self.objective.pair_loss == "matrix" and r.samples_per_prompt != 2:
+            raise ScienceT2IError(
+                "objective.pair_loss=matrix reproduces the reference's 2x2 loss, which samples "
+                f"2 images per prompt; rollout.samples_per_prompt is {r.samples_per_prompt}: "
+                "set it to 2, or objective.pair_loss=pair.")
         require_at_least((("rollout.prompts_per_round", r.prompts_per_round, 1),
                           ("rollout.samples_per_prompt", r.samples_per_prompt, 2),
                           ("rollout.steps", r.steps, 1),
@@ -216,12 +250,22 @@ class DPOTrainer(LoraTrainer):
                                      cfg.rollout.max_sequence_length)
         transformer = load_transformer(self.model_dir, self.weight_dtype, self.device)
         self.sft_lora = None
+        self.continuing = False   # training the SFT LoRA itself, a frozen copy the reference
         if cfg.model.sft_lora:
             from ..nodes.lora import read_lora
             self.sft_lora = read_lora(cfg.model.sft_lora)
-            n = merge_lora_into_weights(transformer, self.sft_lora)
-            log.info("merged the SFT LoRA (%d layers) into the weights: it is the reference", n)
-        self.setup_lora(transformer, self.estimated_steps())
+            if cfg.model.sft_start == "merge":
+                n = merge_lora_into_weights(transformer, self.sft_lora)
+                log.info("merged the SFT LoRA (%d layers) into the weights: it is the "
+                         "reference", n)
+            else:
+                self.continuing = True
+                log.info("training the SFT LoRA on; a frozen copy of it is the reference")
+        elif cfg.preset == "reference":
+            log.warning("no model.sft_lora: the reference implementation starts stage 2 from "
+                        "its SFT checkpoint; this run starts from the base model")
+        self.setup_lora(transformer, self.estimated_steps(),
+                        start_from=self.sft_lora if self.continuing else None)
         self.lora_layers = lora_layers(self.unwrapped)
         self._img_ids: dict[tuple[int, int], torch.Tensor] = {}
         self.scheduler_config = dict(_scheduler_config(self.model_dir))
@@ -236,7 +280,7 @@ class DPOTrainer(LoraTrainer):
         return t.pairs_per_step * t.grad_accum * self.num_processes
 
     def estimated_steps(self) -> int:
-        """Optimizer steps of the whole run if no prompt's rewards tie (the schedule's length)."""
+        """Optimizer steps of the whole run if no pair is dropped (the schedule's length)."""
         r, t = self.cfg.rollout, self.cfg.train
         return t.rounds * math.ceil(r.prompts_per_round * t.inner_epochs / self.pairs_per_step)
 
@@ -246,7 +290,9 @@ class DPOTrainer(LoraTrainer):
             return self.reward_fn
         if self.cfg.reward.kind == "brightness":
             return brightness_reward
-        return sciscore_reward(self.cfg.reward.model, self.device, self.cfg.reward.batch_size)
+        r = self.cfg.reward
+        return sciscore_reward(r.model, self.device, r.batch_size, dtype=r.dtype,
+                               preprocess=r.preprocess)
 
     def _masks(self) -> Callable | None:
         from .rollouts import gdino_latent_masks
@@ -370,9 +416,10 @@ class DPOTrainer(LoraTrainer):
         return rewards
 
     def round_plan(self, rewards: torch.Tensor) -> list[Scheduled]:
-        """The round's pairs (best vs worst per prompt, ties dropped) in training order: a
-        seeded shuffle per inner epoch, the same on every process."""
-        pairs = select_pairs(rewards)
+        """The round's pairs (best vs worst per prompt; tied prompts kept with zero gap or
+        dropped, per ``objective.ties``) in training order: a seeded shuffle per inner epoch,
+        the same on every process."""
+        pairs = select_pairs(rewards, keep_ties=self.cfg.objective.ties == "keep")
         plan: list[Scheduled] = []
         for epoch in range(self.cfg.train.inner_epochs):
             g = generator_for(self.cfg.train.seed, 5, self.round, epoch)
@@ -390,7 +437,10 @@ class DPOTrainer(LoraTrainer):
         """Context of a reference forward: adapters off, no autograd bookkeeping at all."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        stack.enter_context(adapter_disabled(self.unwrapped, self.lora_layers))
+        if self.continuing:
+            stack.enter_context(adapter_active(self.lora_layers, REFERENCE_ADAPTER))
+        else:
+            stack.enter_context(adapter_disabled(self.unwrapped, self.lora_layers))
         stack.enter_context(self.accelerator.autocast())
         return stack
 
@@ -435,8 +485,9 @@ class DPOTrainer(LoraTrainer):
                 with self.accelerator.autocast():
                     lp = transition_log_prob(self.model, sel, j, cond, mask=mask,
                                              guidance=cfg.rollout.guidance)
-                loss = oft_loss(lp[:b], lp_ref[:b], lp[b:], lp_ref[b:], eps=cfg.objective.eps,
-                                beta=cfg.objective.beta, reduction="none")
+                loss = self.pair_form(oft_loss(lp[:b], lp_ref[:b], lp[b:], lp_ref[b:],
+                                               eps=cfg.objective.eps, beta=cfg.objective.beta,
+                                               reduction="none"))
                 self.accelerator.backward((w * loss).sum() * scale)
             with torch.no_grad():
                 ratio = (lp - lp_ref).float()
@@ -445,6 +496,14 @@ class DPOTrainer(LoraTrainer):
                 clipped = (ratio.abs() > clip).float()
                 sums["clip_frac"] += (w * (clipped[:b] + clipped[b:]) / 2).sum()
         return sums
+
+    def pair_form(self, loss: torch.Tensor) -> torch.Tensor:
+        """The winner-vs-loser loss L as ``objective.pair_loss`` counts it: L, or the mean of
+        the reference's 2x2 matrix over the prompt's two samples, whose three other entries
+        (a sample against itself, the loser against the winner) are -log sigmoid(0) = ln 2."""
+        if self.cfg.objective.pair_loss == "matrix":
+            return (loss + 3 * math.log(2)) / 4
+        return loss
 
     def _image_ids(self, batch: RolloutBatch) -> torch.Tensor:
         key = (batch.latent_height, batch.latent_width)
@@ -485,6 +544,7 @@ class DPOTrainer(LoraTrainer):
             loss, stats = flow_dpo_loss(pred[:b], ref[:b], target[:b], pred[b:], ref[b:],
                                         target[b:], beta=cfg.objective.flow_dpo_beta,
                                         mask_win=mw, mask_lose=ml, reduction="none")
+            loss = self.pair_form(loss)
             self.accelerator.backward((w * loss).sum() * self.num_processes)
         return {"loss": (w * loss.detach()).sum(), "win_rate": (w * stats["implicit_acc"]).sum(),
                 "sigma_mean": (w * sigma).sum()}
@@ -497,6 +557,12 @@ class DPOTrainer(LoraTrainer):
         step_fn = self.oft_step if self.cfg.objective.kind == "oft" else self.flow_dpo_step
         mine = [s for s in scheduled if s[1].prompt_index % self.num_processes == self.rank]
         weight = 1.0 / len(scheduled)
+        # a tied prompt (kept with objective.ties=keep) counts in the mean with its constant
+        # loss ln 2 (every matrix entry, or L at a zero log-ratio gap: no gradient either
+        # way), so it needs no forward pass
+        ties = [s for s in mine if s[1].reward_gap <= 0]
+        mine = [s for s in mine if s[1].reward_gap > 0]
+        tie_sum = torch.tensor(weight * len(ties) * math.log(2), device=self.device)
         if not mine:
             mine, weight = [(0, Pair(batch.prompt_indices[0], 0, 1, 0.0))], 0.0
         size = self.cfg.train.pairs_per_step
@@ -507,6 +573,7 @@ class DPOTrainer(LoraTrainer):
                            last=c == len(chunks) - 1)
             for key, value in part.items():
                 sums[key] = sums.get(key, 0.0) + value
+        sums["loss"] = sums["loss"] + tie_sum
         out = self.optimizer_step()
         return {**self.step_metrics(out, **self.sum_across(sums)), "round": self.round}
 
@@ -514,8 +581,8 @@ class DPOTrainer(LoraTrainer):
     def save_lora(self, path: Path | None = None) -> Path:
         """The policy as one LoRA for the base model (SFT LoRA stacked in when there is one)."""
         path = Path(path or self.output_dir / self.cfg.lora_name)
-        if self.sft_lora is None:
-            return self.write_lora(path)
+        if self.sft_lora is None or self.continuing:
+            return self.write_lora(path)   # the trained adapter is the whole policy
         from collections import Counter
 
         from ..nodes.files import save_safetensors_atomic, safetensors_metadata

@@ -19,7 +19,21 @@ from .flux_sampler import latent_image_ids, pack_latents, unpack_latents
 __all__ = ["SIGMA_SAMPLERS", "flow_matching_loss", "flow_target", "latent_image_ids",
            "noisy_latents", "pack_latents", "sample_sigmas", "text_ids", "unpack_latents"]
 
-SIGMA_SAMPLERS = ("uniform", "logit_normal", "mode")
+SIGMA_SAMPLERS = ("uniform", "logit_normal", "mode", "discrete")
+
+
+def discrete_levels(num_train_timesteps: int = 1000, shift: float = 1.0,
+                    use_dynamic_shifting: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training table of diffusers' FlowMatchEulerDiscreteScheduler, as the reference SFT
+    samples it: (sigmas, timesteps) float32, from 1 down to 1/num. FLUX shifts its schedule by
+    resolution only when sampling (``use_dynamic_shifting``), so this table is unshifted; a
+    static ``shift`` applies sigma' = shift sigma / (1 + (shift - 1) sigma)."""
+    import numpy as np
+    t = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1].copy()
+    sigmas = torch.from_numpy(t) / num_train_timesteps
+    if not use_dynamic_shifting:
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return sigmas, sigmas * num_train_timesteps
 
 
 def sample_sigmas(n: int, kind: Literal["uniform", "logit_normal", "mode"] = "uniform", *,
@@ -27,7 +41,8 @@ def sample_sigmas(n: int, kind: Literal["uniform", "logit_normal", "mode"] = "un
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw ``n`` noise levels in (0, 1), float32 on the generator's device (CPU by default).
 
-    - uniform: sigma ~ U(0, 1) (the paper's stage-1 setting);
+    - uniform: sigma ~ U(0, 1);
+    - discrete: a uniform index into ``discrete_levels`` (see ``sample_discrete``);
     - logit_normal: sigma = sigmoid(z), z ~ N(logit_mean, logit_std^2) (SD3);
     - mode: sigma = 1 - u - s (cos^2(pi u / 2) - 1 + u), u ~ U(0, 1) (SD3's mode sampling,
       s = ``mode_scale``; s = 0 is uniform, larger s puts more mass at mid noise).
@@ -45,11 +60,25 @@ def sample_sigmas(n: int, kind: Literal["uniform", "logit_normal", "mode"] = "un
                                   f"{mode_scale}.")
         u = torch.rand(n, generator=generator, device=device)
         u = 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    elif kind == "discrete":
+        return sample_discrete(n, generator=generator)[0].to(device)
     else:
         raise ScienceT2IError(f"unknown timestep sampler {kind!r}; use one of "
                               f"{', '.join(SIGMA_SAMPLERS)}.")
     # keep strictly inside (0, 1): sigma = 0 or 1 gives a degenerate (pure data/noise) input
     return u.clamp(1e-5, 1 - 1e-5)
+
+
+def sample_discrete(n: int, levels: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma, transformer timestep) of ``n`` draws as the reference SFT makes them: index
+    floor(u * N), u ~ U(0, 1), into the table; the timestep the model sees is the table's
+    timestep / 1000 (in float32 not always bit-equal to sigma)."""
+    sigmas, timesteps = levels if levels is not None else discrete_levels()
+    device = generator.device if generator is not None else "cpu"
+    u = torch.rand(n, generator=generator, device=device).cpu()
+    idx = (u * len(sigmas)).long()
+    return sigmas[idx], timesteps[idx] / 1000
 
 
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

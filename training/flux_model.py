@@ -157,9 +157,11 @@ def load_transformer(model_dir: Path, dtype: torch.dtype, device: torch.device) 
 
 def attach_lora(transformer: Any, rank: int = 16, alpha: float = 16.0,
                 init: str | bool = "gaussian", targets: Iterable[str] = LORA_TARGETS,
-                adapter_name: str = "default") -> list[torch.nn.Parameter]:
-    """Add a peft LoRA to the transformer; returns its trainable parameters, kept in float32
-    (the frozen base may be bf16) so small updates are not rounded away."""
+                adapter_name: str = "default", dtype: str = "fp32") -> list[torch.nn.Parameter]:
+    """Add a peft LoRA to the transformer; returns its trainable parameters. ``dtype`` fp32
+    keeps them in float32 (the frozen base may be bf16) so small updates are not rounded
+    away; "base" leaves them in the base weights' dtype, as peft creates them (the reference
+    implementation trains bf16 LoRA weights this way)."""
     from peft import LoraConfig
     if rank < 1:
         raise ScienceT2IError(f"lora.rank must be >= 1; got {rank}.")
@@ -175,8 +177,9 @@ def attach_lora(transformer: Any, rank: int = 16, alpha: float = 16.0,
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init_value,
                                        target_modules=targets), adapter_name=adapter_name)
     params = [p for p in transformer.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
+    if dtype == "fp32":
+        for p in params:
+            p.data = p.data.float()
     return params
 
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, TYPE_CHECKING, Iterable
 
 import torch
 
@@ -49,19 +49,32 @@ def image_bytes(ref: "ImageRef") -> bytes:
     raise ScienceT2IError(f"cannot read {ref.label or ref.path}")
 
 
-def image_key(data: bytes, encoder_id: str, resolution: int, upscale_small: bool) -> str:
+def image_key(data: bytes, encoder_id: str, resolution: int, upscale_small: bool,
+              resample: str = "bicubic", crop: bool = True, multiple: int = 1) -> str:
+    # the pack's own preprocessing keeps its old keys, so existing caches stay valid
+    how = PREPROCESS_VERSION if (resample, crop) == ("bicubic", True) else \
+        f"shortest-side-{resample}-" + ("crop-v1" if crop else f"nocrop-multiple{multiple}-v1")
     return "img-" + _sha(hashlib.sha256(data).digest(), encoder_id, str(resolution),
-                         PREPROCESS_VERSION, "up" if upscale_small else "strict")
+                         how, "up" if upscale_small else "strict")
 
 
 def prompt_key(prompt: str, encoder_id: str) -> str:
     return "txt-" + _sha(prompt, encoder_id)
 
 
-def load_image_tensor(ref: "ImageRef", resolution: int, upscale_small: bool = False
+def load_image_tensor(ref: "ImageRef", resolution: int, upscale_small: bool = False,
+                      resample: str = "bicubic", crop: bool = True, multiple: int = 1
                       ) -> torch.Tensor:
-    """Open an image as RGB, resize its shortest side to ``resolution`` (bicubic, antialiased),
-    centre-crop a square, return [3, R, R] in [-1, 1].
+    """Open an image as RGB, resize its shortest side to ``resolution``, return [3, H, W] in
+    [-1, 1].
+
+    - ``crop`` (pack): bicubic (antialiased, or ``resample``), long side rounded, then a
+      centre crop to a square R x R;
+    - no crop (reference implementation): torchvision's ``Resize(R, bilinear)``, ``ToTensor``
+      and ``Normalize(0.5, 0.5)`` exactly (long side truncated, as torchvision computes it), so
+      non-square images keep their aspect ratio. A side that is not a multiple of
+      ``multiple`` (the latent packing's granularity, 16 px for FLUX) is centre-cropped down
+      to one, where the reference implementation would fail.
 
     Images smaller than the resolution are refused unless ``upscale_small``: upscaling trains the
     model on blurry pictures, so it has to be asked for.
@@ -75,10 +88,21 @@ def load_image_tensor(ref: "ImageRef", resolution: int, upscale_small: bool = Fa
             f"{ref.label or ref.path or 'an image'} is {w}x{h}, smaller than the training "
             f"resolution {resolution}; lower data.resolution, drop the image, or set "
             "data.upscale_small=true to upscale it (blurrier training data).")
+    filt = Image.BILINEAR if resample == "bilinear" else Image.BICUBIC
+    if not crop:
+        from ..nodes.clip_preprocess import resized_shape
+        nh, nw = resized_shape(h, w, resolution)
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), filt)
+        arr = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        th, tw = nh - nh % multiple, nw - nw % multiple
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        arr = arr[:, top:top + th, left:left + tw]
+        return arr.float().div(255).sub(0.5).div(0.5).contiguous()
     scale = resolution / min(w, h)
     nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+        img = img.resize((nw, nh), filt, reducing_gap=None)
     left, top = (nw - resolution) // 2, (nh - resolution) // 2
     img = img.crop((left, top, left + resolution, top + resolution))
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy())
@@ -116,7 +140,7 @@ class LatentCache:
     def __len__(self) -> int:
         return len(self._index)
 
-    def get(self, key: str, fields: Iterable[str]) -> dict[str, torch.Tensor]:
+    def _handle(self, key: str) -> Any:
         from safetensors import safe_open
         shard = self._index.get(key)
         if shard is None:
@@ -126,7 +150,15 @@ class LatentCache:
         if handle is None:  # kept open: safetensors maps the file, reads are cheap
             handle = safe_open(str(shard), framework="pt")
             self._handles[shard] = handle
+        return handle
+
+    def get(self, key: str, fields: Iterable[str]) -> dict[str, torch.Tensor]:
+        handle = self._handle(key)
         return {f: handle.get_tensor(f"{key}.{f}") for f in fields}
+
+    def shape(self, key: str, field: str) -> list[int]:
+        """A cached tensor's shape, from the file header (no data read)."""
+        return list(self._handle(key).get_slice(f"{key}.{field}").get_shape())
 
     def put_many(self, entries: dict[str, dict[str, torch.Tensor]]) -> Path | None:
         if not entries:
@@ -154,7 +186,8 @@ def _batched(items: list, size: int) -> Iterable[list]:
 
 
 def build_cache(records: list["ScienceRecord"], encoders: "FluxEncoders", cache: LatentCache,
-                *, resolution: int, upscale_small: bool = False, batch_size: int = 8,
+                *, resolution: int, upscale_small: bool = False, resample: str = "bicubic",
+                crop: bool = True, multiple: int = 1, batch_size: int = 8,
                 cache_dtype: torch.dtype = torch.float32, extra_prompts: Iterable[str] = (),
                 shard_size: int = 256, progress: bool = True) -> tuple[list[CachedRecord],
                                                                         dict[str, str]]:
@@ -179,7 +212,8 @@ def build_cache(records: list["ScienceRecord"], encoders: "FluxEncoders", cache:
             pk.append(k)
         ik = []
         for ref in rec.explicit_images:
-            k = image_key(image_bytes(ref), image_id, resolution, upscale_small)
+            k = image_key(image_bytes(ref), image_id, resolution, upscale_small, resample,
+                          crop, multiple)
             images.setdefault(k, ref)
             ik.append(k)
         out.append(CachedRecord(rec.index, pk, ik))
@@ -193,7 +227,7 @@ def build_cache(records: list["ScienceRecord"], encoders: "FluxEncoders", cache:
     todo_i = [k for k in images if k not in cache]
     if todo_i:  # check every image before spending time on encoding
         for k in todo_i:
-            load_image_tensor(images[k], resolution, upscale_small)
+            load_image_tensor(images[k], resolution, upscale_small, resample, crop, multiple)
     if todo_p or todo_i:
         log.info("latent cache %s: encoding %d prompts and %d images (%d entries cached)",
                  cache.folder, len(todo_p), len(todo_i), len(cache))
@@ -210,11 +244,15 @@ def build_cache(records: list["ScienceRecord"], encoders: "FluxEncoders", cache:
         for shard_keys in _batched(todo_i, shard_size):
             entries = {}
             for keys in _batched(shard_keys, batch_size):
-                pixels = torch.stack([load_image_tensor(images[k], resolution, upscale_small)
-                                      for k in keys])
-                mean, std = encoders.encode_images(pixels)
-                for j, k in enumerate(keys):
-                    entries[k] = {"mean": mean[j].to(cache_dtype), "std": std[j].to(cache_dtype)}
+                loaded = {k: load_image_tensor(images[k], resolution, upscale_small, resample,
+                                               crop, multiple) for k in keys}
+                # without a crop, sizes can differ: encode each size as its own batch
+                for size in dict.fromkeys(t.shape for t in loaded.values()):
+                    group = [k for k in keys if loaded[k].shape == size]
+                    mean, std = encoders.encode_images(torch.stack([loaded[k] for k in group]))
+                    for j, k in enumerate(group):
+                        entries[k] = {"mean": mean[j].to(cache_dtype),
+                                      "std": std[j].to(cache_dtype)}
                 bar.update(len(keys))
             cache.put_many(entries)
     return out, extra

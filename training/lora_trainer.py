@@ -18,14 +18,21 @@ class LoraTrainer(Trainer):
 
     stage = "lora"   # written into the LoRA file's metadata
 
-    def setup_lora(self, transformer: torch.nn.Module, total_steps: int) -> None:
-        """Attach the LoRA (its gaussian init drawn after seeding, so runs repeat), gradient
-        checkpointing when ``train`` asks for it, then the core's optimizer and wrapping."""
+    def setup_lora(self, transformer: torch.nn.Module, total_steps: int,
+                   start_from: Any = None) -> None:
+        """Attach the LoRA (its gaussian init drawn after seeding, so runs repeat; or, with
+        ``start_from``, a LoRA file to keep training, see ``reference_policy.continue_lora``),
+        gradient checkpointing when ``train`` asks for it, then the core's optimizer and
+        wrapping."""
         from .flux_model import attach_lora
+        from .reference_policy import continue_lora
         cfg = self.cfg
         self.seed_everything()
-        params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
-                             cfg.lora.targets)
+        if start_from is not None:
+            params = continue_lora(transformer, start_from, dtype=cfg.lora.dtype)
+        else:
+            params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
+                                 cfg.lora.targets, dtype=cfg.lora.dtype)
         if cfg.train.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()

@@ -28,9 +28,10 @@ class Pair:
     reward_gap: float
 
 
-def select_pairs(rewards: torch.Tensor) -> list[Pair]:
+def select_pairs(rewards: torch.Tensor, keep_ties: bool = False) -> list[Pair]:
     """Best vs worst reward per prompt (rows of ``rewards`` [P, K]); prompts whose best and worst
-    rewards tie give no pair."""
+    rewards tie give no pair, or with ``keep_ties`` a pair of gap 0 (its loss has no
+    gradient, but it counts in the step's mean, as in the reference implementation)."""
     if rewards.ndim != 2 or rewards.shape[1] < 2:
         raise ScienceT2IError(
             f"rewards must be [prompts, samples per prompt >= 2], got {tuple(rewards.shape)}; "
@@ -39,8 +40,8 @@ def select_pairs(rewards: torch.Tensor) -> list[Pair]:
     for p, row in enumerate(rewards.float()):
         win, lose = int(row.argmax()), int(row.argmin())
         gap = float(row[win] - row[lose])
-        if gap > 0:
-            pairs.append(Pair(p, win, lose, gap))
+        if gap > 0 or keep_ties:
+            pairs.append(Pair(p, win, lose, max(gap, 0.0)))
     return pairs
 
 

@@ -140,10 +140,13 @@ def brightness_reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return images.float().mean(dim=(1, 2, 3)).cpu()
 
 
-def sciscore_reward(model: str, device: Any = None, batch_size: int = 16) -> RewardFn:
-    """SciScore of each image against its own prompt, through the node code."""
+def sciscore_reward(model: str, device: Any = None, batch_size: int = 16, dtype: str = "auto",
+                    preprocess: str = "exact") -> RewardFn:
+    """SciScore of each image against its own prompt, through the node code (``dtype`` and
+    ``preprocess`` as ``load_sciscore`` takes them)."""
     from ..nodes.sciscore import load_sciscore
-    scorer = load_sciscore(model, device=device, batch_size=batch_size)
+    scorer = load_sciscore(model, device=device, dtype=dtype, batch_size=batch_size,
+                           preprocess=preprocess)
 
     def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return scorer.score(images, list(prompts)).float().cpu()

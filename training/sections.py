@@ -8,7 +8,7 @@ section extends :class:`RunSection`), so the trainer core reads them the same wa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 from ..nodes.errors import ScienceT2IError
 from .flux_model import LORA_TARGETS
@@ -39,6 +39,9 @@ class LoraSection:
     alpha: float = 16.0
     init: str = "gaussian"
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # fp32: LoRA weights in float32 over a bf16 base (pack); base: in the base weights' dtype,
+    # bf16 under bf16 mixed precision (reference). None: from the preset
+    dtype: Optional[Literal["base", "fp32"]] = None
 
 
 @dataclass
@@ -49,7 +52,7 @@ class OptimSection:
     weight_decay: float = 1e-4
     eps: float = 1e-8
     max_grad_norm: float = 1.0        # 0 disables clipping
-    schedule: Schedule = "constant_with_warmup"
+    schedule: Optional[Schedule] = "constant_with_warmup"   # None: from the trainer's preset
     warmup_steps: int = 0             # optimizer steps of linear warm-up from 0
     use_8bit: bool = False            # bitsandbytes AdamW8bit (CUDA only)
 

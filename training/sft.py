@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -21,9 +22,10 @@ from typing import Any, Literal, Optional
 import torch
 
 from ..nodes.errors import ScienceT2IError
-from .flux_math import (flow_matching_loss, flow_target, latent_image_ids, noisy_latents,
-                        pack_latents, sample_sigmas, text_ids)
+from .flux_math import (discrete_levels, flow_matching_loss, flow_target, latent_image_ids,
+                        noisy_latents, pack_latents, sample_discrete, sample_sigmas, text_ids)
 from .lora_trainer import LoraTrainer
+from .presets import Preset, resolve_preset
 from .sections import (CheckpointSection, LogSection, LoraSection, OptimSection, RunSection,
                        require_at_least)
 from .trainer import WEIGHT_DTYPES, generator_for
@@ -42,8 +44,12 @@ class ModelSection:
 class DataSection:
     path: str = ""                    # Science-T2I-format dataset folder/file (see datasets.py)
     split: Optional[str] = "train"
-    resolution: int = 512
-    upscale_small: bool = False       # refuse images smaller than resolution unless true
+    resolution: int = 512             # the shortest side (and the square's side with crop)
+    # None = from the preset. reference: Resize(bilinear) of the shortest side, no crop,
+    # small images upscaled; pack: bicubic, centre crop to a square, small images refused
+    resample: Optional[Literal["bilinear", "bicubic"]] = None
+    crop: Optional[bool] = None
+    upscale_small: Optional[bool] = None
 
 
 @dataclass
@@ -57,11 +63,16 @@ class CacheSection:
 
 @dataclass
 class TrainSection(RunSection):
-    max_steps: int = 1000             # optimizer steps
+    # the run's length: optimizer steps, or passes over the records (one of the two;
+    # unset both = the preset's: reference 60 epochs, pack 1000 steps)
+    max_steps: Optional[int] = None
+    epochs: Optional[int] = None
     batch_size: int = 4               # samples per process and micro-batch
     grad_accum: int = 8               # micro-batches per optimizer step
     guidance: float = 0.0             # FLUX.1-dev guidance embedding value
-    timestep_sampling: Literal["uniform", "logit_normal", "mode"] = "uniform"
+    # discrete: one of the scheduler's 1000 training levels (reference); uniform: continuous
+    # U(0, 1) (pack); logit_normal / mode: SD3's. None = from the preset
+    timestep_sampling: Optional[Literal["discrete", "uniform", "logit_normal", "mode"]] = None
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
@@ -75,8 +86,19 @@ class SampleSection:
     seed: int = 0
 
 
+# option -> (reference implementation, pack); see presets.py and README
+SFT_PRESETS: dict[str, tuple[Any, Any]] = {
+    "train.timestep_sampling": ("discrete", "uniform"),
+    "data.resample": ("bilinear", "bicubic"),
+    "data.crop": (False, True),
+    "data.upscale_small": (True, False),
+    "lora.dtype": ("base", "fp32"),
+}
+
+
 @dataclass
 class SFTConfig:
+    preset: Preset = "reference"
     output_dir: str = "runs/sft"
     lora_name: str = "science_t2i_sft.safetensors"
     model: ModelSection = field(default_factory=ModelSection)
@@ -91,7 +113,16 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         t = self.train
-        require_at_least((("train.max_steps", t.max_steps, 1),
+        if t.max_steps is not None and t.epochs is not None:
+            raise ScienceT2IError("set train.max_steps or train.epochs, not both.")
+        if t.max_steps is None and t.epochs is None:
+            if self.preset == "reference":
+                t.epochs = 60
+            else:
+                t.max_steps = 1000
+        resolve_preset(self, SFT_PRESETS)
+        require_at_least((("train.max_steps" if t.epochs is None else "train.epochs",
+                           t.max_steps if t.epochs is None else t.epochs, 1),
                           ("train.batch_size", t.batch_size, 1),
                           ("train.grad_accum", t.grad_accum, 1),
                           ("data.resolution", self.data.resolution, 16),
@@ -123,7 +154,8 @@ class SFTTrainer(LoraTrainer):
 
     name = "sft"
     stage = "sft"
-    may_change_on_resume = ("output_dir", "lora_name", "train.max_steps", "checkpoint", "log",
+    may_change_on_resume = ("output_dir", "lora_name", "train.max_steps", "train.epochs",
+                            "checkpoint", "log",
                             "sample", "cache.enabled", "cache.dir", "cache.batch_size")
 
     def __init__(self, cfg: SFTConfig, resume: bool = False):
@@ -164,7 +196,9 @@ class SFTTrainer(LoraTrainer):
                 self.cache.refresh()
                 self.items, self.sample_keys = build_cache(
                     records, self.encoders, self.cache, resolution=cfg.data.resolution,
-                    upscale_small=cfg.data.upscale_small, batch_size=cfg.cache.batch_size,
+                    upscale_small=cfg.data.upscale_small, resample=cfg.data.resample,
+                    crop=cfg.data.crop, multiple=2 * self.vae_scale,
+                    batch_size=cfg.cache.batch_size,
                     cache_dtype=cache_dtype, extra_prompts=cfg.sample.prompts,
                     progress=cfg.log.progress and acc.is_local_main_process)
             self.encoders.release()
@@ -177,13 +211,30 @@ class SFTTrainer(LoraTrainer):
                 if not rec.implicit_prompts:
                     raise ScienceT2IError(f"record {rec.index} has no implicit prompt.")
                 for ref in rec.explicit_images:
-                    load_image_tensor(ref, cfg.data.resolution, cfg.data.upscale_small)
+                    self._load_image(ref)
 
+        self.total_steps = self._total_steps(len(self.items))
+        self.levels = _discrete_levels(self.model_dir)
         transformer = load_transformer(self.model_dir, self.weight_dtype, self.device)
         self.guidance_embeds = bool(getattr(transformer.config, "guidance_embeds", False))
-        self.setup_lora(transformer, cfg.train.max_steps)
+        self.setup_lora(transformer, self.total_steps)
         self.restore()
         return self
+
+    def _total_steps(self, records: int) -> int:
+        """train.max_steps, or the optimizer steps of train.epochs passes over the records
+        (the last step may reach into the next pass, where the reference's is smaller)."""
+        t = self.cfg.train
+        if t.epochs is None:
+            return t.max_steps
+        per_step = t.batch_size * t.grad_accum * self.num_processes
+        return max(1, math.ceil(t.epochs * records / per_step))
+
+    def _load_image(self, ref: Any) -> torch.Tensor:
+        from .latent_cache import load_image_tensor
+        d = self.cfg.data
+        return load_image_tensor(ref, d.resolution, d.upscale_small, d.resample, d.crop,
+                                 2 * self.vae_scale)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -202,7 +253,16 @@ class SFTTrainer(LoraTrainer):
         return int(perm[pos])
 
     def micro_batch(self, micro_step: int) -> Sample:
-        """This process's micro-batch ``micro_step``, each sample with its own generator."""
+        """This process's micro-batch ``micro_step``, each sample with its own generator
+        (see ``micro_batches`` for images of different sizes)."""
+        groups = self.micro_batches(micro_step)
+        if len(groups) > 1:
+            raise ScienceT2IError("this micro-batch mixes image sizes; use micro_batches().")
+        return groups[0][0]
+
+    def micro_batches(self, micro_step: int) -> list[tuple[Sample, int]]:
+        """This process's micro-batch ``micro_step`` as (samples of one image size, count)
+        groups: one group unless uncropped images differ in size."""
         cfg = self.cfg
         b = cfg.train.batch_size
         first = (micro_step * self.num_processes + self.rank) * b
@@ -216,9 +276,21 @@ class SFTTrainer(LoraTrainer):
             k = int(torch.randint(len(images), (1,), generator=g))
             picks.append((prompts[p], images[k]))
             gens.append(g)
-        sample = self._fetch(picks)
-        sample.generators = gens
-        return sample
+        groups = []
+        for idx in self._by_size(picks):
+            sample = self._fetch([picks[i] for i in idx])
+            sample.generators = [gens[i] for i in idx]
+            groups.append((sample, len(idx)))
+        return groups
+
+    def _by_size(self, picks: list[tuple[Any, Any]]) -> list[list[int]]:
+        if self.cfg.data.crop:
+            return [list(range(len(picks)))]
+        if self.cache is not None:
+            sizes = [tuple(self.cache.shape(i, "mean")) for _, i in picks]
+        else:
+            sizes = [tuple(self._load_image(i).shape) for _, i in picks]
+        return [[i for i, s in enumerate(sizes) if s == size] for size in dict.fromkeys(sizes)]
 
     def _fetch(self, picks: list[tuple[Any, Any]]) -> Sample:
         dev = self.device
@@ -229,10 +301,8 @@ class SFTTrainer(LoraTrainer):
                           torch.stack([e["std"] for e in img]).float().to(dev),
                           torch.stack([e["t5"] for e in txt]).float().to(dev),
                           torch.stack([e["pooled"] for e in txt]).float().to(dev))
-        from .latent_cache import load_image_tensor
-        res, up = self.cfg.data.resolution, self.cfg.data.upscale_small
         seq, pooled = self.encoders.encode_prompts([p for p, _ in picks])
-        pixels = torch.stack([load_image_tensor(ref, res, up) for _, ref in picks])
+        pixels = torch.stack([self._load_image(ref) for _, ref in picks])
         mean, std = self.encoders.encode_images(pixels)
         return Sample(mean.float(), std.float(), seq.float(), pooled.float())
 
@@ -246,13 +316,19 @@ class SFTTrainer(LoraTrainer):
         eps = randn_tensor(s.mean.shape, generator=gens, device=self.device)
         x0 = (s.mean + s.std * eps - self.shift) * self.scale
         noise = randn_tensor(x0.shape, generator=gens, device=self.device)
-        sigma = torch.cat([sample_sigmas(1, t.timestep_sampling, logit_mean=t.logit_mean,
-                                         logit_std=t.logit_std, mode_scale=t.mode_scale,
-                                         generator=g) for g in gens]).to(self.device)
+        if t.timestep_sampling == "discrete":
+            draws = [sample_discrete(1, self.levels, generator=g) for g in gens]
+            sigma = torch.cat([d[0] for d in draws]).to(self.device)
+            timestep = torch.cat([d[1] for d in draws]).to(self.device)
+        else:
+            sigma = torch.cat([sample_sigmas(1, t.timestep_sampling, logit_mean=t.logit_mean,
+                                             logit_std=t.logit_std, mode_scale=t.mode_scale,
+                                             generator=g) for g in gens]).to(self.device)
+            timestep = sigma
         h, w = x0.shape[-2:]
         return {
             "hidden_states": pack_latents(noisy_latents(x0, noise, sigma)),
-            "timestep": sigma,
+            "timestep": timestep,
             "guidance": (torch.full((bsz,), t.guidance, device=self.device)
                          if self.guidance_embeds else None),
             "pooled_projections": s.pooled,
@@ -272,15 +348,21 @@ class SFTTrainer(LoraTrainer):
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches of every process: gradients
         accumulate locally and are averaged over micro-batches and processes."""
-        accum = self.cfg.train.grad_accum
+        accum, b = self.cfg.train.grad_accum, self.cfg.train.batch_size
         losses, sigmas = [], []
         for k in range(accum):
-            inputs = self.model_inputs(self.micro_batch(self.step * accum + k))
-            with self.accumulating(last=k == accum - 1):
-                loss = self.loss_on(inputs)
-                self.accelerator.backward(loss / accum)
-            losses.append(loss.detach())
-            sigmas.append(inputs["timestep"].detach().float().mean())
+            groups = self.micro_batches(self.step * accum + k)
+            loss_sum = sigma_sum = 0.0
+            for g, (sample, n) in enumerate(groups):
+                inputs = self.model_inputs(sample)
+                # a group's share of the micro-batch's mean loss
+                with self.accumulating(last=k == accum - 1 and g == len(groups) - 1):
+                    loss = self.loss_on(inputs)
+                    self.accelerator.backward(loss * (n / b) / accum)
+                loss_sum = loss_sum + loss.detach() * (n / b)
+                sigma_sum = sigma_sum + inputs["timestep"].detach().float().sum() / b
+            losses.append(loss_sum)
+            sigmas.append(sigma_sum)
         out = self.optimizer_step()
         metrics = self.mean_across({"loss": torch.stack(losses).mean(),
                                     "sigma_mean": torch.stack(sigmas).mean()})
@@ -344,7 +426,7 @@ class SFTTrainer(LoraTrainer):
     def run(self) -> Path:
         """Train to ``train.max_steps``; returns the path of the final LoRA file."""
         self.begin_run()
-        self.run_steps(self.cfg.train.max_steps)
+        self.run_steps(self.total_steps)
         lora_path = self.output_dir / self.cfg.lora_name
         if self.is_main:
             self.write_lora(lora_path)
@@ -352,6 +434,15 @@ class SFTTrainer(LoraTrainer):
             self.save_samples()
         self.end_run()
         return lora_path
+
+
+def _discrete_levels(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's scheduler training table (``flux_math.discrete_levels``)."""
+    import json
+    f = model_dir / "scheduler" / "scheduler_config.json"
+    sc = json.loads(f.read_text()) if f.is_file() else {}
+    return discrete_levels(int(sc.get("num_train_timesteps", 1000)), float(sc.get("shift", 1.0)),
+                           bool(sc.get("use_dynamic_shifting", True)))
 
 
 def train_sft(cfg: SFTConfig, resume: bool = False) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Literal, Optional
 
 import torch
 
@@ -23,6 +23,7 @@ from ..nodes.files import atomic_directory, write_json_atomic
 from .config import config_to_dict
 from .sciscore_data import (TRAIN_FIELDS, ImageSpec, SampleStream, SciScoreBatch,
                             check_records, split_held_out)
+from .presets import Preset, resolve_preset
 from .sciscore_loss import DEFAULT_LAMBDA, sciscore_loss
 from .sections import (CheckpointSection, LogSection, OptimSection, Precision, RunSection)
 from .trainer import Trainer
@@ -43,6 +44,7 @@ class DataConfig:
     eval_fraction: float = 0.0      # > 0: hold out this fraction of the training records instead
     eval_limit: int = 0             # score at most this many held-out records (0 = all)
     augment: bool = False           # random crop + flip; off, as in the paper
+    preprocess: Literal["exact", "fast"] = "exact"   # pixels as SciScore's processor makes them
     num_workers: int = 4            # image loading threads
 
 
@@ -62,6 +64,11 @@ class TrainConfig(RunSection):
     max_steps: int = 600
     batch_size: int = 1024          # samples per optimizer step, over all processes
     micro_batch_size: int = 16      # samples per forward/backward on one process
+    # sum: each process's gradient is that of the loss summed over every process's samples,
+    # so W processes step W times the single-process gradient (as the reference, whose every
+    # rank sums the loss over the gathered batch); mean: DDP's average (one process's
+    # gradient whatever W). None: from the preset
+    process_loss: Optional[Literal["sum", "mean"]] = None
 
 
 @dataclass
@@ -77,12 +84,21 @@ class EvalConfig:
 
 
 def _paper_optim() -> OptimSection:
-    # AdamW lr 2e-6, weight decay 0.3, 150 warm-up steps then linear decay, clipping at 1.0
-    return OptimSection(lr=2e-6, weight_decay=0.3, schedule="linear", warmup_steps=150)
+    # AdamW lr 2e-6, weight decay 0.3, 150 warm-up steps, clipping at 1.0; the schedule after
+    # the warm-up comes from the preset
+    return OptimSection(lr=2e-6, weight_decay=0.3, schedule=None, warmup_steps=150)
+
+
+# option -> (reference implementation, pack); see presets.py and README
+SCISCORE_PRESETS: dict[str, tuple[Any, Any]] = {
+    "optim.schedule": ("constant_with_warmup", "linear"),
+    "train.process_loss": ("sum", "mean"),
+}
 
 
 @dataclass
 class SciScoreTrainConfig:
+    preset: Preset = "reference"
     output_dir: str = "outputs/sciscore"
     save_final: bool = False        # also write the last model as a SciScore folder "final"
     data: DataConfig = field(default_factory=DataConfig)
@@ -104,6 +120,9 @@ class SciScoreTrainConfig:
         "model.gradient_checkpointing": "train.gradient_checkpointing",
         "save_every": "checkpoint.every", "keep_last": "checkpoint.keep_last",
         "progress": "log.progress", "plot_curves": "log.plot"}
+
+    def __post_init__(self) -> None:
+        resolve_preset(self, SCISCORE_PRESETS)
 
 
 def check_config(cfg: SciScoreTrainConfig, world_size: int = 1) -> int:
@@ -301,7 +320,8 @@ class SciScoreTrainer(Trainer):
         self.best_step, self.best_accuracy = -1, -1.0
         self.restore()
         self.stream = SampleStream(self.train_records, self.tokenizer,
-                                   ImageSpec.from_image_config(self.image_cfg),
+                                   ImageSpec.from_image_config(self.image_cfg,
+                                                               cfg.data.preprocess),
                                    seed=cfg.train.seed, augment=cfg.data.augment,
                                    num_workers=cfg.data.num_workers)
         return self
@@ -343,8 +363,10 @@ class SciScoreTrainer(Trainer):
             batch = next(self._batches)
             with self.accumulating(last=micro == self.accum - 1):
                 parts = batch_loss(self.model, batch, self.cfg.loss.lambda_)
-                # summed over the micro-batch (as the reference); averaged over accumulation
-                self.accelerator.backward(parts.loss / self.accum)
+                # summed over the micro-batch (as the reference); averaged over accumulation;
+                # times W for process_loss=sum, undoing DDP's average over processes
+                scale = self.num_processes if self.cfg.train.process_loss == "sum" else 1
+                self.accelerator.backward(parts.loss * scale / self.accum)
             for k, v in parts.metrics().items():
                 sums[k] = sums.get(k, 0.0) + v / self.accum
         out = self.optimizer_step()
