@@ -63,6 +63,16 @@ def flux_dev_lora_gradient_bytes() -> int:
     return sum(p.numel() * 4 for p in flux_dev(lora=True).parameters() if p.requires_grad)
 
 
+def reference_policy_bytes() -> tuple[int, int]:
+    """Weight bytes (bf16) of the stage-2 policy + reference at FLUX.1-dev size: continuing the
+    SFT LoRA with a frozen second adapter (this pack), and the reference implementation's
+    deep copy of the transformer with its LoRA."""
+    model = flux_dev(lora=True)
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    return 2 * (base + 2 * lora), 2 * 2 * (base + lora)
+
+
 def _flux_inputs(batch: int, image_tokens: int = 1024, text_tokens: int = 512) -> dict:
     import torch
     meta = dict(device="meta")
@@ -156,6 +166,10 @@ def main() -> None:
           f"total {(rollout + train) * 1e-15:7.2f} PFLOP")
     print(f"  LoRA gradients all-reduced per optimizer step: {grad_bytes / 1e6:.1f} MB fp32 "
           f"({grad_bytes // 4 / 1e6:.2f} M parameters)")
+    ours, deep_copy = reference_policy_bytes()
+    print(f"  policy + reference weights (bf16): {ours / 1e9:.2f} GB with a frozen SFT "
+          f"adapter vs {deep_copy / 1e9:.2f} GB with the reference's deep copy "
+          f"({ours / deep_copy:.3f}x)")
     print(f"at {args.mfu:.0%} of {H100_BF16 * tf:.0f} TFLOP/s:")
     t1 = (rollout + train) / rate
     print(f"  1 H100 : {t1:7.1f} s per round ({rollout / rate:.1f} s rollouts, "
