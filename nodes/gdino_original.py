@@ -48,7 +48,7 @@ SWIN_OVERRIDE_KEYS = {"swin_embed_dim": "embed_dim", "swin_depths": "depths",
                       "swin_num_heads": "num_heads", "swin_window_size": "window_size",
                       "swin_mlp_ratio": "mlp_ratio", "swin_image_size": "image_size"}
 
-BERT_HINT = ("huggingface-cli download google-bert/bert-base-uncased config.json vocab.txt "
+BERT_HINT = ("hf download google-bert/bert-base-uncased config.json vocab.txt "
              "tokenizer_config.json --local-dir {folder}")
 
 

@@ -17,7 +17,6 @@ whole image), and restricts the policy update to that box in latent space.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _comfy
+from . import _comfy, hub
 from .errors import ScienceT2IError
 from .images import as_mask_batch, as_rgb_batch, from_pil, to_pil
-
-log = logging.getLogger("science_t2i")
 
 DEFAULT_GDINO = "IDEA-Research/grounding-dino-tiny"
 HUB_MODELS = ["IDEA-Research/grounding-dino-tiny", "IDEA-Research/grounding-dino-base"]
@@ -52,24 +49,29 @@ def merge_boxes_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     if boxes.numel() == 0:
         return torch.tensor([0.5, 0.5, 1.0, 1.0])
-    x0 = (boxes[:, 0] - boxes[:, 2] / 2).min()
-    y0 = (boxes[:, 1] - boxes[:, 3] / 2).min()
-    x1 = (boxes[:, 0] + boxes[:, 2] / 2).max()
-    y1 = (boxes[:, 1] + boxes[:, 3] / 2).max()
+    x0, y0, x1, y1 = cxcywh_to_xyxy(boxes).unbind(-1)
+    x0, y0, x1, y1 = x0.min(), y0.min(), x1.max(), y1.max()
     w, h = x1 - x0, y1 - y0
     w = torch.where(w <= 1.0 - MERGE_WIDEN, w + MERGE_WIDEN, torch.ones_like(w))
     h = torch.where(h <= 1.0 - MERGE_WIDEN, h + MERGE_WIDEN, torch.ones_like(h))
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, w, h])
 
 
+def _box_convert(boxes: torch.Tensor, in_fmt: str, out_fmt: str) -> torch.Tensor:
+    # imported here: torchvision takes a second to import, and only box maths needs it
+    from torchvision.ops import box_convert
+    return box_convert(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), in_fmt,
+                       out_fmt)
+
+
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    """[N,4] (cx, cy, w, h) -> [N,4] (x0, y0, x1, y1), float32."""
+    return _box_convert(boxes, "cxcywh", "xyxy")
 
 
 def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    x0, y0, x1, y1 = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+    """[N,4] (x0, y0, x1, y1) -> [N,4] (cx, cy, w, h), float32."""
+    return _box_convert(boxes, "xyxy", "cxcywh")
 
 
 def subject_boxes(boxes_xyxy: torch.Tensor, width: int, height: int, mode: str = "merge",
@@ -410,23 +412,13 @@ def _local_hub_copy(name: str) -> Path | None:
     return None
 
 
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt"]  # a transformers GroundingDino folder
+
+
 def _download(repo_id: str) -> Path:
     target = _comfy.default_folder("grounding-dino") / repo_id.split("/")[-1]
-    command = f"huggingface-cli download {repo_id} --local-dir {target}"
-    try:
-        from huggingface_hub import snapshot_download
-        log.info("downloading %s into %s", repo_id, target)
-        snapshot_download(repo_id, local_dir=str(target),
-                          allow_patterns=["*.json", "*.safetensors", "*.txt"])
-    except Exception as exc:
-        raise ScienceT2IError(
-            f"GroundingDINO {repo_id!r} is not in {target.parent} and could not be downloaded "
-            f"({type(exc).__name__}). Download it where there is internet access with:\n  "
-            f"{command}\nthen copy the folder to {target}.") from exc
-    if not (target / "config.json").is_file():
-        raise ScienceT2IError(f"the download of {repo_id} into {target} has no config.json; "
-                              f"delete the folder and run:\n  {command}")
-    return target
+    return hub.download_repo(repo_id, target, HUB_PATTERNS, "GroundingDINO model",
+                             required="config.json")
 
 
 def _load_transformers_dir(path: Path):

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import _comfy
+from . import _comfy, hub
 from .errors import ScienceT2IError
 
 log = logging.getLogger("science_t2i")
@@ -48,11 +48,12 @@ def resolve_llm(name: str) -> Path:
     path = _comfy.resolve_model("LLM", name)
     if path is None or not (path / "config.json").is_file():
         where = _comfy.default_folder("LLM")
+        example = hub.download_command("Qwen/Qwen2.5-1.5B-Instruct",
+                                       where / "Qwen2.5-1.5B-Instruct")
         raise ScienceT2IError(
             f"LLM {name!r} not found: expected a transformers model directory with "
             f"config.json in {where}. Download an instruction-tuned causal LM there (e.g. "
-            f"`huggingface-cli download Qwen/Qwen2.5-1.5B-Instruct --local-dir "
-            f"{where / 'Qwen2.5-1.5B-Instruct'}`) or use the 'rules' backend.")
+            f"`{example}`) or use the 'rules' backend.")
     return path
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import _comfy
+from . import _comfy, hub
 from .clip_preprocess import CLIP_MEAN, CLIP_STD
 from .errors import ScienceT2IError
 from .files import PICKLE_SUFFIXES, load_safetensors, load_torch_checkpoint, safetensors_metadata
@@ -34,7 +33,7 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
 
 def download_command(repo_id: str, folder: Path) -> str:
-    return f"huggingface-cli download {repo_id} --local-dir {folder}"
+    return hub.download_command(repo_id, folder, HUB_PATTERNS)
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -68,30 +67,8 @@ def resolve_source(model: str | os.PathLike) -> Path:
 
 
 def download_from_hub(repo_id: str, target: Path) -> Path:
-    """Download a hub repo into ``target`` (via a temporary folder, renamed on success)."""
-    how = (f"Download it where the pack looks for it: "
-           f"`{download_command(repo_id, target)}` (or put the files from "
-           f"https://huggingface.co/{repo_id} into {target}/).")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise ScienceT2IError(f"huggingface_hub is not installed, so {repo_id} cannot be "
-                              f"downloaded. {how}") from exc
-    partial = target.with_name(target.name + ".partial")
-    log.info("downloading %s into %s", repo_id, target)
-    try:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        snapshot_download(repo_id=repo_id, local_dir=str(partial), allow_patterns=HUB_PATTERNS)
-    except Exception as exc:  # offline mode, no network, unknown repo, disk full, ...
-        if partial.is_dir() and not any(partial.iterdir()):
-            partial.rmdir()  # keep a non-empty one: the next attempt resumes from it
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-        why = "offline mode (HF_HUB_OFFLINE) is on" if offline else f"{type(exc).__name__}: {exc}"
-        raise ScienceT2IError(f"could not download SciScore model {repo_id} ({why}). {how}") from exc
-    if target.exists():
-        shutil.rmtree(target)
-    partial.rename(target)
-    return target
+    """Download a hub repo into ``target`` (atomically; nothing is created offline)."""
+    return hub.download_repo(repo_id, target, HUB_PATTERNS, "SciScore model")
 
 
 # ----------------------------------------------------------------------------- transformers

@@ -231,7 +231,7 @@ def test_offline_hub_download_names_folder_and_command(models_dir, monkeypatch):
         masks.load_grounding_dino("IDEA-Research/grounding-dino-base")
     msg = str(err.value)
     target = models_dir / "grounding-dino" / "grounding-dino-base"
-    assert f"huggingface-cli download IDEA-Research/grounding-dino-base --local-dir {target}" in msg
+    assert f"hf download IDEA-Research/grounding-dino-base --local-dir {target}" in msg
 
 
 def test_corrupt_transformers_folder(tmp_path, tiny_dir):

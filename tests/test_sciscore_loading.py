@@ -50,7 +50,7 @@ def test_missing_model_folder_names_the_folder_and_the_command(models_dir):
     with pytest.raises(ScienceT2IError) as err:
         load_sciscore("no-such-model", device="cpu")
     msg = str(err.value)
-    assert str(models_dir / "sciscore") in msg and "huggingface-cli download" in msg
+    assert str(models_dir / "sciscore") in msg and "hf download" in msg
 
 
 def test_folder_without_weights(copy_of):
@@ -126,12 +126,14 @@ def test_hub_id_offline_names_folder_and_command(models_dir, monkeypatch):
     target = models_dir / "sciscore" / "SciScore"
     msg = str(err.value)
     assert "offline" in msg
-    assert f"huggingface-cli download {DEFAULT_SCISCORE} --local-dir {target}" in msg
-    assert not target.exists() and not target.with_name("SciScore.partial").exists()
+    assert f"hf download {DEFAULT_SCISCORE} --local-dir {target}" in msg
+    assert not (models_dir / "sciscore").exists()  # nothing created offline
 
 
 def test_hub_id_downloads_into_models_sciscore_once(models_dir, clip_dir, monkeypatch):
     import huggingface_hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the download below is faked, not offline
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     calls = []
 
     def fake_snapshot_download(repo_id, local_dir, allow_patterns=None, **kw):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..nodes.errors import ScienceT2IError
-from ..nodes.files import commit_directory
+from ..nodes.files import commit_directory, recover_directory
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 TMP_PREFIX = ".tmp-"  # temporaries in the checkpoints folder: .tmp-checkpoint-<step>-*, .tmp-old-*
@@ -153,7 +153,10 @@ class CheckpointManager:
         return self.output_dir / f"{TMP_PREFIX}{self.path_for(step).name}"
 
     def _clean_temporaries(self) -> None:
-        # left behind by a run killed mid-write; never valid checkpoints
+        # a checkpoint moved aside by a replacement that was killed: put it back first
+        for old in self.output_dir.glob(f"{TMP_PREFIX}old-*"):
+            recover_directory(self.output_dir / old.name[len(f"{TMP_PREFIX}old-"):], TMP_PREFIX)
+        # the rest was left behind by a run killed mid-write; never valid checkpoints
         for p in self.output_dir.glob(TMP_PREFIX + "*"):
             shutil.rmtree(p, ignore_errors=True)
 
