@@ -23,7 +23,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ScienceT2IError(f"config file not found: {path}; pass an existing .yaml/.toml "
                               "file to --config (or leave --config out to use the defaults).")
-    text = path.read_text(encoding="utf-8")
+    from .faults import read_text
+    text = read_text(path, "config file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -37,6 +38,10 @@ def _read_file(path: Path) -> dict[str, Any]:
                                   ".yml, .toml or .json.")
     except ScienceT2IError:
         raise
+    except RecursionError:
+        raise ScienceT2IError(f"config file {path} is nested too deeply to read (lists or "
+                              "mappings inside each other beyond what the parser can follow); "
+                              "a config is a few levels of sections: fix or rewrite it.") from None
     except Exception as exc:
         raise ScienceT2IError(f"cannot parse config file {path}: {exc}") from exc
     if data is None:
@@ -200,6 +205,9 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # a plain string that happens to contain YAML syntax
+    except RecursionError:
+        raise ScienceT2IError(f"override {key!r} has a value nested too deeply to read; give "
+                              "a plain value or a short list.") from None
     return key.split("."), _Override(raw, value)
 
 

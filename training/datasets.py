@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..nodes.errors import ScienceT2IError
+from .faults import TRAINING_EXTRA, parse_json, read_json, read_text
 
 PROMPT_FIELDS = ("implicit_prompt", "explicit_prompt", "superficial_prompt")
 IMAGE_FIELDS = ("explicit_image", "superficial_image")
@@ -65,7 +66,8 @@ class ImageRef:
             raise ScienceT2IError(
                 f"cannot decode {where} ({type(exc).__name__}: {exc}); the image is corrupt "
                 "or not an image: replace it or drop the record.") from exc
-        return img.convert("RGB")
+        from ..nodes.images import rgb8
+        return rgb8(img)   # 16-bit grey scaled to 8 bits, not clipped at 255
 
 
 @dataclass
@@ -105,7 +107,16 @@ def _pick_split(splits: dict[str, Any], split: str | None, path: Path) -> str:
         f"{path} holds several splits {sorted(splits)}; choose one (split=... / --split).")
 
 
+def _require_pyarrow(what: str) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise ScienceT2IError(f"reading {what} needs pyarrow, which cannot be imported ({exc}): "
+                              f"pip install pyarrow, or {TRAINING_EXTRA}.") from exc
+
+
 def _arrow_rows(files: list[Path]) -> list[dict]:
+    _require_pyarrow("arrow datasets (save_to_disk folders, .arrow files)")
     import pyarrow as pa
     rows: list[dict] = []
     for f in files:
@@ -119,6 +130,7 @@ def _arrow_rows(files: list[Path]) -> list[dict]:
 
 
 def _parquet_rows(files: list[Path]) -> list[dict]:
+    _require_pyarrow("parquet datasets")
     import pyarrow.parquet as pq
     rows: list[dict] = []
     for f in files:
@@ -126,24 +138,33 @@ def _parquet_rows(files: list[Path]) -> list[dict]:
     return rows
 
 
+def _jsonl_rows(file: Path) -> list[dict]:
+    """The records of a JSON Lines file; an error names the file's own line number."""
+    rows = []
+    for n, line in enumerate(read_text(file, "dataset file").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = parse_json(line, file, line=n)
+        if not isinstance(row, dict):
+            raise ScienceT2IError(f"{file} line {n} holds a {type(row).__name__}, not a record "
+                                  "object ({\"implicit_prompt\": ..., ...}); fix that line.")
+        rows.append(row)
+    return rows
+
+
 def _json_rows(file: Path) -> list[dict]:
-    text = file.read_text(encoding="utf-8")
-    try:
-        if file.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
-            if isinstance(rows, dict) and isinstance(rows.get("data"), list):
-                rows = rows["data"]
-    except json.JSONDecodeError as exc:
-        raise ScienceT2IError(f"{file} is not valid JSON ({exc}); fix or regenerate it.") from exc
+    if file.suffix == ".jsonl":
+        return _jsonl_rows(file)
+    rows = parse_json(read_text(file, "dataset file"), file)
+    if isinstance(rows, dict) and isinstance(rows.get("data"), list):
+        rows = rows["data"]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ScienceT2IError(f"{file} must hold a list of objects (one per record).")
     return rows
 
 
 def _saved_dataset_files(folder: Path) -> list[Path]:
-    state = json.loads((folder / "state.json").read_text())
+    state = read_json(folder / "state.json", "dataset file")
     return [folder / d["filename"] for d in state.get("_data_files", [])]
 
 
@@ -162,7 +183,7 @@ def _read_raw(path: Path, split: str | None) -> tuple[list[dict], Path]:
         raise ScienceT2IError(f"{path}: unsupported dataset file; use .parquet, .json, .jsonl "
                               "or a folder.")
     if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        splits = read_json(path / "dataset_dict.json", "dataset file").get("splits", [])
         name = _pick_split({s: None for s in splits}, split, path)
         return _arrow_rows(_saved_dataset_files(path / name)), path / name
     if (path / "state.json").is_file():
@@ -238,13 +259,28 @@ def _images(value: Any, base: Path, index: int, name: str) -> list[ImageRef]:
     return refs
 
 
-def _to_record(row: dict, index: int, base: Path, require: set[str]) -> ScienceRecord:
-    for name in require:
-        if name not in row or not _as_list(row[name]):
+def _blank(value: Any) -> bool:
+    """An empty list, or empty text: present in the record but holding nothing."""
+    if isinstance(value, (list, tuple)):
+        return all(_blank(v) for v in value)
+    return isinstance(value, str) and not value.strip()
+
+
+def _check_required(row: dict, index: int, require: set[str]) -> None:
+    for name in sorted(require):
+        if row.get(name) is None:
             raise ScienceT2IError(
                 f"record {index} is missing the required field {name!r} (has: "
                 f"{sorted(k for k in row if row[k] is not None)}); fix the dataset or drop "
                 "the record.")
+        if _blank(row[name]):
+            raise ScienceT2IError(
+                f"record {index}: required field {name!r} is empty ({row[name]!r}); give it "
+                "at least one value, or drop the record.")
+
+
+def _to_record(row: dict, index: int, base: Path, require: set[str]) -> ScienceRecord:
+    _check_required(row, index, require)
     rec = ScienceRecord(
         implicit_prompts=_prompts(row.get("implicit_prompt"), index, "implicit_prompt"),
         explicit_prompts=_prompts(row.get("explicit_prompt"), index, "explicit_prompt"),

@@ -51,7 +51,7 @@ from .reference_policy import (REFERENCE_ADAPTER, adapter_active, adapter_disabl
 from .rollouts import RolloutBatch, RolloutPrompt
 from .sections import (CheckpointSection, LogSection, LoraSection, OptimSection, RunSection,
                        require_at_least)
-from .trainer import generator_for, seed_for
+from .trainer import generator_for, run_scope, seed_for
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class DPOTrainer(LoraTrainer):
             raise ScienceT2IError("rollout.prompts is not set; point it at a JSON list of "
                                   "{\"prompt\": ..., \"object\": ...} (e.g. the Science-T2I "
                                   "rollout prompt set).")
-        self.prompts = load_rollout_prompts(cfg.rollout.prompts)
+        self.prompts = load_rollout_prompts(cfg.rollout.prompts, masks=cfg.mask.enabled)
         self.start()
         if cfg.rollout.prompts_per_round < self.num_processes:
             raise ScienceT2IError(
@@ -667,4 +667,5 @@ def _scheduler_config(model_dir: Path) -> dict:
 
 def train_dpo(cfg: DPOConfig, resume: bool = False, comfy_servers: list[str] | None = None) -> Path:
     """Set up and run stage 2; returns the final LoRA path."""
-    return DPOTrainer(cfg, resume=resume, comfy_servers=comfy_servers).setup().run()
+    with run_scope(cfg):
+        return DPOTrainer(cfg, resume=resume, comfy_servers=comfy_servers).setup().run()

@@ -14,6 +14,7 @@ CLIP baseline loaded the same way), so it can be swapped or faked in tests.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from ..nodes import _comfy
 from ..nodes.errors import ScienceT2IError
 from ..nodes.metrics import normalized_difference, relative_improvement
 from .datasets import ScienceRecord
+from .faults import missing_modules, parse_json, read_text, writing
+
+log = logging.getLogger(__name__)
 
 KINDS = ("ip", "ep", "sp")
 
@@ -207,6 +211,18 @@ def t2i_markdown(runs: dict[str, dict], ri: dict | None, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def charts_available() -> bool:
+    """Whether matplotlib can draw the per-task chart. Checked before an evaluation starts:
+    without it the results are still written (JSON and Markdown), only the chart is left out,
+    with a warning saying how to get it."""
+    missing = missing_modules(["matplotlib"])
+    if missing:
+        log.warning("matplotlib cannot be imported (%s): the results will be written as JSON "
+                    "and Markdown without the per-task chart; pip install matplotlib to get "
+                    "it.", missing["matplotlib"])
+    return not missing
+
+
 def bar_chart_png(groups: dict[str, dict[str, float | None]], title: str, ylabel: str) -> bytes:
     """Grouped bar chart (one group per task, one bar per series) as PNG bytes.
 
@@ -237,8 +253,11 @@ def bar_chart_png(groups: dict[str, dict[str, float | None]], title: str, ylabel
     return buf.getvalue()
 
 
-def write_report(out_dir: Path, stem: str, data: dict, markdown: str, chart: bytes) -> list[Path]:
-    """<stem>.json, <stem>.md and <stem>_per_task.png in ``out_dir``, each written atomically."""
+def write_report(out_dir: Path, stem: str, data: dict, markdown: str, chart: bytes | None,
+                 setting: str | None = None) -> list[Path]:
+    """<stem>.json, <stem>.md and (unless ``chart`` is None) <stem>_per_task.png in
+    ``out_dir``, each written atomically; returns the paths written. A full disk is reported
+    naming the file and ``setting`` (the option that chose ``out_dir``)."""
     import json
 
     from ..nodes.files import write_bytes_atomic
@@ -255,10 +274,16 @@ def write_report(out_dir: Path, stem: str, data: dict, markdown: str, chart: byt
             return [clean(v) for v in x]
         return x
 
-    write_bytes_atomic(paths[0], json.dumps(clean(data), indent=2).encode("utf-8"))
-    write_bytes_atomic(paths[1], markdown.encode("utf-8"))
-    write_bytes_atomic(paths[2], chart)
-    return paths
+    contents = [json.dumps(clean(data), indent=2).encode("utf-8"), markdown.encode("utf-8"),
+                chart]
+    written = []
+    for path, content in zip(paths, contents):
+        if content is None:
+            continue
+        with writing(path, setting):
+            write_bytes_atomic(path, content)
+        written.append(path)
+    return written
 
 
 # ---------------------------------------------------------------- generated-image runs
@@ -276,20 +301,20 @@ def collect_generated(run_dir: Path, records: Sequence[ScienceRecord] | None = N
     "implicit_prompt": ..., "task": ...}) or, with ``records``, by the record index that starts
     its file name (``12.png``, ``0012_1.png``).
     """
-    import json
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ScienceT2IError(f"run folder not found: {run_dir}; it must hold ip/, ep/ and "
                               "sp/ folders of generated images.")
     meta: dict[str, dict] = {}
-    if (run_dir / "metadata.jsonl").is_file():
-        for n, line in enumerate((run_dir / "metadata.jsonl").read_text().splitlines(), 1):
+    meta_file = run_dir / "metadata.jsonl"
+    if meta_file.is_file():
+        for n, line in enumerate(read_text(meta_file, "metadata file").splitlines(), 1):
             if line.strip():
+                entry = parse_json(line, meta_file, line=n, fix="fix that line")
                 try:
-                    entry = json.loads(line)
                     meta[Path(entry["file"]).as_posix()] = entry
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ScienceT2IError(f"{run_dir / 'metadata.jsonl'} line {n} is not "
+                except (KeyError, TypeError) as exc:
+                    raise ScienceT2IError(f"{meta_file} line {n} is not "
                                           '{"file": ..., "implicit_prompt": ...}.') from exc
     by_index = {r.index: r for r in records} if records else {}
     items = []

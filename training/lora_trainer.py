@@ -17,6 +17,7 @@ class LoraTrainer(Trainer):
     transformer; ``self.model`` is the (possibly DDP-wrapped) transformer."""
 
     stage = "lora"   # written into the LoRA file's metadata
+    needs = ("accelerate", "diffusers", "peft")
 
     def setup_lora(self, transformer: torch.nn.Module, total_steps: int,
                    start_from: Any = None) -> None:

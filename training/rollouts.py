@@ -13,7 +13,6 @@ Rewards and masks are computed by the same node code in both (``nodes/sciscore.p
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nodes.errors import ScienceT2IError
+from .faults import read_json
 from .flux_sampler import (FluxConditioning, Trajectory, decode_latents, latent_grid,
                            pack_latents, sample_trajectory)
 from .trainer import seed_for
@@ -40,16 +40,19 @@ class RolloutPrompt:
     subject: str
 
 
-def load_rollout_prompts(path: str | Path) -> list[RolloutPrompt]:
-    """A JSON list of {"prompt": ..., "object": ...} (the Science-T2I rollout prompt set)."""
+def load_rollout_prompts(path: str | Path, masks: bool = True) -> list[RolloutPrompt]:
+    """A JSON list of {"prompt": ..., "object": ...} (the Science-T2I rollout prompt set).
+
+    "object" is the subject GroundingDINO masks; with ``masks`` every entry needs one (looking
+    for the whole prompt text instead would quietly give worse masks, and without the mask
+    stage-2 training collapses). Without masks it is not used and may be left out.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise ScienceT2IError(f"rollout prompt file {path} not found; set rollout.prompts to a "
                               "JSON list of {\"prompt\": ..., \"object\": ...} entries.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ScienceT2IError(f"rollout prompt file {path} is not valid JSON: {exc}") from exc
+    data = read_json(path, "rollout prompt file", fix="fix it or point rollout.prompts at "
+                     "another file")
     if not isinstance(data, list) or not data:
         raise ScienceT2IError(f"{path} must hold a non-empty JSON list of "
                               "{\"prompt\": ..., \"object\": ...} entries.")
@@ -60,7 +63,24 @@ def load_rollout_prompts(path: str | Path) -> list[RolloutPrompt]:
                                   "\"prompt\" and \"object\" (the subject to mask).")
         subject = str(item.get("object") or "").strip()
         out.append(RolloutPrompt(str(item["prompt"]).strip(), subject))
+    _check_subjects(out, path, masks)
     return out
+
+
+def _check_subjects(prompts: list[RolloutPrompt], path: Path, masks: bool) -> None:
+    """Refuse prompts without "object" when masks need it; otherwise say they are unused."""
+    lacking = [i for i, p in enumerate(prompts) if not p.subject]
+    if not lacking:
+        return
+    shown = ", ".join(map(str, lacking[:5])) + (", ..." if len(lacking) > 5 else "")
+    if masks:
+        raise ScienceT2IError(
+            f"{path}: {len(lacking)} of {len(prompts)} entries have no \"object\" (entries "
+            f"{shown}), the subject GroundingDINO masks (mask.enabled=true); add it to each "
+            "entry (the prompt's main noun, e.g. \"glass\"), or set mask.enabled=false to "
+            "train without subject masks.")
+    log.info("%s: %d of %d entries have no \"object\"; not needed with mask.enabled=false",
+             path, len(lacking), len(prompts))
 
 
 @dataclass

@@ -28,7 +28,7 @@ from .lora_trainer import LoraTrainer
 from .presets import Preset, resolve_preset
 from .sections import (CheckpointSection, LogSection, LoraSection, OptimSection, RunSection,
                        require_at_least)
-from .trainer import WEIGHT_DTYPES, generator_for
+from .trainer import WEIGHT_DTYPES, generator_for, run_scope
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class SFTTrainer(LoraTrainer):
     # ---------------------------------------------------------------- setup
     def setup(self) -> "SFTTrainer":
         from .datasets import load_records
+        from .faults import check_output_dir
         from .flux_model import (FluxEncoders, load_transformer,
                                  resolve_flux_dir, vae_scale_factor)
         from .latent_cache import LatentCache, build_cache
@@ -173,6 +174,8 @@ class SFTTrainer(LoraTrainer):
         if not cfg.data.path:
             raise ScienceT2IError("data.path is not set; point it at a Science-T2I-format "
                                   "dataset (save_to_disk folder, parquet or JSON/JSONL).")
+        if cfg.cache.enabled and cfg.cache.dir:
+            check_output_dir(cfg.cache.dir, "cache.dir")
         self.start()
         acc = self.accelerator
         self.model_dir = resolve_flux_dir(cfg.model.path)
@@ -447,4 +450,5 @@ def _discrete_levels(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_sft(cfg: SFTConfig, resume: bool = False) -> Path:
     """Set up and run stage-1 SFT; returns the final LoRA path."""
-    return SFTTrainer(cfg, resume=resume).setup().run()
+    with run_scope(cfg):
+        return SFTTrainer(cfg, resume=resume).setup().run()

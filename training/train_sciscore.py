@@ -19,16 +19,17 @@ from typing import Any, ClassVar, Iterator, Literal, Optional
 import torch
 
 from ..nodes.errors import ScienceT2IError
-from ..nodes.files import atomic_directory, write_json_atomic
+from ..nodes.files import atomic_directory, recover_directory, write_json_atomic
 from .config import config_to_dict
 from .sciscore_data import (TRAIN_FIELDS, ImageSpec, SampleStream, SciScoreBatch,
                             check_records, split_held_out)
 from .presets import Preset, resolve_preset
 from .sciscore_loss import DEFAULT_LAMBDA, sciscore_loss
 from .sections import (CheckpointSection, LogSection, OptimSection, Precision, RunSection)
-from .trainer import Trainer
+from .trainer import Trainer, run_scope
 
 BEST_DIR = "best"
+FINAL_DIR = "final"             # save_final=true
 EVAL_FILE = "sciscore_eval.json"  # written inside the best folder: the scores behind its pick
 PLOT_KEYS = ("loss", "train_accuracy", "eval_accuracy", "lr")
 
@@ -198,7 +199,9 @@ def save_sciscore_folder(clip: torch.nn.Module, tokenizer: Any, image_cfg: dict[
                          target: Path, extra: dict[str, Any] | None = None) -> Path:
     """Write a SciScore folder in the release layout (config.json, model.safetensors,
     tokenizer files, preprocessor_config.json), atomically: into a temporary folder beside
-    ``target``, then renamed over it, so a crash never leaves a half-written best model."""
+    ``target``, then swapped with it in one step (Linux, macOS), so a kill never leaves a
+    half-written best model nor a moment without one (elsewhere a kill between the two
+    renames is undone when the trainer starts again; ``nodes.files.commit_directory``)."""
     with atomic_directory(target) as tmp:
         clip.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
@@ -306,6 +309,9 @@ class SciScoreTrainer(Trainer):
         cfg = self.cfg
         check_config(cfg)
         self.start()  # a resume that cannot work fails before the data and model are loaded
+        if self.is_main:  # a kill while best/ was replaced: restore it, drop the spare copy
+            for name in (BEST_DIR, FINAL_DIR):
+                recover_directory(self.output_dir / name)
         self.accum = check_config(cfg, self.num_processes)
         self.train_records, self.held_records = load_splits(cfg)
         self.seed_everything()
@@ -416,7 +422,7 @@ class SciScoreTrainer(Trainer):
             self.stream.close()
         if self.is_main:
             if self.step == cfg.train.max_steps and cfg.save_final:
-                save_sciscore_folder(self.clip, self.tokenizer, self.image_cfg, out / "final")
+                save_sciscore_folder(self.clip, self.tokenizer, self.image_cfg, out / FINAL_DIR)
             self.plot()
         self.end_run()
         return TrainResult(output_dir=out, steps_done=self.step,
@@ -430,7 +436,8 @@ def train_sciscore(cfg: SciScoreTrainConfig, resume: bool = False, *,
     """Train as configured; with ``resume``, continue from the latest checkpoint in
     ``output_dir``. ``stop_after`` ends this call after that many optimizer steps, as an
     interruption would (a checkpoint is saved first)."""
-    return SciScoreTrainer(cfg, resume=resume).setup().run(stop_after)
+    with run_scope(cfg):
+        return SciScoreTrainer(cfg, resume=resume).setup().run(stop_after)
 
 
 def _plain_eval(result: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -33,6 +33,7 @@ from ..nodes.digest import json_digest
 from ..nodes.errors import ScienceT2IError
 from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
 from .config import config_to_dict, save_config
+from .faults import check_output_dir, require_modules, writing
 from .run_log import RunLog
 from .sections import OptimSection
 
@@ -145,8 +146,11 @@ def make_optimizer(params: list[torch.nn.Parameter], optim: OptimSection,
             try:
                 import bitsandbytes as bnb
             except ImportError as exc:
-                raise ScienceT2IError("optim.use_8bit=true needs bitsandbytes: pip install "
-                                      "bitsandbytes (or set optim.use_8bit=false).") from exc
+                raise ScienceT2IError(
+                    "optim.use_8bit=true needs bitsandbytes (>=0.43), which is not installed: "
+                    "pip install \"comfyui-science-t2i[8bit]\" (from a checkout: pip install -e "
+                    "\".[8bit]\"), or set optim.use_8bit=false."
+                ) from exc
             return bnb.optim.AdamW8bit(params, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
 
@@ -202,6 +206,20 @@ def _describe(cfg: Any, keys: Iterable[str]) -> str:
     return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
+# ----------------------------------------------------------------------------- a whole run
+
+@contextlib.contextmanager
+def run_scope(cfg: Any) -> Iterator[None]:
+    """What a whole run (setup included) happens in: no progress bar at all, the libraries'
+    (model loading and saving) included, when ``log.progress`` is false or
+    SCIENCE_T2I_NO_PROGRESS=1; and a full disk reported naming ``output_dir``."""
+    from ..nodes import _comfy
+    quiet = not (cfg.log.progress and _comfy.progress_enabled())
+    with _comfy.quiet_progress(quiet, ("huggingface_hub", "transformers", "diffusers")), \
+            writing(Path(cfg.output_dir).expanduser(), "output_dir"):
+        yield
+
+
 # ----------------------------------------------------------------------------- the core
 
 class Trainer:
@@ -209,6 +227,8 @@ class Trainer:
     (seed, mixed_precision), ``optim``, ``checkpoint`` and ``log``."""
 
     name = "train"                                   # progress label, tracker project
+    # what a run imports beyond the node install (the training extra)
+    needs: tuple[str, ...] = ("accelerate", "diffusers")
     may_change_on_resume: tuple[str, ...] = ("output_dir", "checkpoint", "log")
     plot_keys: tuple[str, ...] = ("loss", "lr")
     plot_file = "loss.png"
@@ -226,6 +246,7 @@ class Trainer:
         """Processes, precision and trackers; the resume checkpoint, checked before anything
         heavy is loaded."""
         cfg = self.cfg
+        self.preflight()
         self.accelerator, self.precision = make_accelerator(
             cfg.train.mixed_precision, cfg.log.trackers, self.output_dir)
         self.device = self.accelerator.device
@@ -238,6 +259,15 @@ class Trainer:
                 self.resume_digest(), _describe(self.cfg, self.may_change_on_resume),
                 self.num_processes)
             self._resume = (path, state, self.checkpoints.load_part(path, self.rank))
+
+    def preflight(self) -> None:
+        """Refuse, before any work, a run that would fail later for want of a package or of
+        a writable ``output_dir``."""
+        require_modules(self.needs, f"the {self.name} trainer")
+        if self.cfg.log.plot:
+            require_modules(["matplotlib"], "log.plot=true (the training curves)",
+                            ", or set log.plot=false")
+        check_output_dir(self.output_dir, "output_dir")
 
     def seed_everything(self) -> None:
         """Seed Python, numpy and torch (CPU and CUDA) with ``train.seed``, the same on every
@@ -465,8 +495,8 @@ class Trainer:
                  leave: bool = True) -> Any:
         """A tqdm bar (rate and ETA) on the main process; a silent one elsewhere."""
         from tqdm.auto import tqdm
-        enabled = (self.is_main and self.cfg.log.progress
-                   and os.environ.get("SCIENCE_T2I_NO_PROGRESS") != "1")
+        from ..nodes import _comfy
+        enabled = self.is_main and self.cfg.log.progress and _comfy.progress_enabled()
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave,
                     disable=not enabled, dynamic_ncols=True)
 

@@ -160,6 +160,9 @@ def load_workflow(path: str | Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ScienceT2IError(f"workflow file {path} is not valid JSON ({exc}); save it again "
                               "from ComfyUI (Workflow > Export or Export (API))") from None
+    except RecursionError:
+        raise ScienceT2IError(f"workflow file {path} is nested too deeply to read; it is not a "
+                              "ComfyUI workflow: save it again from ComfyUI") from None
     if not isinstance(data, dict):
         raise ScienceT2IError(f"workflow file {path} holds a {type(data).__name__}, not a "
                               "workflow object")

@@ -23,7 +23,8 @@ def add_trainer_parser(subparsers: argparse._SubParsersAction, name: str, *, hel
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help=f"config overrides, e.g. {example}")
+                        help=f"config overrides, e.g. {example}; they may also follow "
+                             "the flags (all are applied, later ones win)")
     parser.set_defaults(func=run)
     return parser
 

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the implicit prompt; accuracy = share of records where the explicit image "
                     "wins, overall, per category and per task. Repeat --model to compare "
                     "checkpoints (e.g. SciScore against a CLIP-H baseline). Writes "
-                    "reward_accuracy.{json,md} and reward_accuracy_per_task.png to --out.")
+                    "reward_accuracy.{json,md} and reward_accuracy_per_task.png to --out (the "
+                    "chart only when matplotlib is installed).")
     p.add_argument("--dataset", required=True,
                    help="local dataset: save_to_disk folder, parquet shards or JSON/JSONL")
     p.add_argument("--split", default=None, help="split to evaluate (needed if several)")
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"(default {DEFAULT_SCISCORE})")
     p.add_argument("--out", default="science_t2i_eval", help="output folder")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--preprocess", default="exact", choices=["exact", "fast"],
                    help="exact (default): the pixels SciScore's own processor computes, as in "
@@ -36,8 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from ...nodes.sciscore import load_sciscore
     from ...nodes.sciscore_loading import DEFAULT_SCISCORE
     from ..datasets import load_records
-    from ..evaluate import bar_chart_png, reward_accuracy, reward_markdown, write_report
+    from ..evaluate import (bar_chart_png, charts_available, reward_accuracy, reward_markdown,
+                            write_report)
+    from ..faults import check_device, check_output_dir
 
+    check_device(args.device)
+    out = check_output_dir(args.out, "--out")
+    charts = charts_available()
     records = load_records(args.dataset, args.split, require=(
         "implicit_prompt", "explicit_image", "superficial_image"))
     if args.limit is not None:
@@ -58,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     title = f"Reward accuracy on {args.dataset}" + (f" ({args.split})" if args.split else "")
     markdown = reward_markdown(results, title)
     chart = bar_chart_png({m: {t: v["accuracy"] * 100 for t, v in r["by_task"].items()}
-                           for m, r in results.items()}, title, "accuracy (%)")
+                           for m, r in results.items()}, title, "accuracy (%)") if charts else None
     data = {"dataset": str(args.dataset), "split": args.split, "records": len(records),
             "models": results}
-    paths = write_report(Path(args.out), "reward_accuracy", data, markdown, chart)
+    paths = write_report(out, "reward_accuracy", data, markdown, chart, setting="--out")
     print(markdown)
     print("written: " + ", ".join(str(p) for p in paths))
     return 0

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "that starts the file name, or from RUN/metadata.jsonl). Reports mean "
                     "scores, ND = 100 (IP - SP) / (EP - SP), and with --base the relative "
                     "improvement RI = (F_IP - B_IP) / (B_EP - B_IP) of RUN over BASE. Writes "
-                    "t2i_eval.{json,md} and t2i_eval_per_task.png to --out.")
+                    "t2i_eval.{json,md} and t2i_eval_per_task.png to --out (the chart only when "
+                    "matplotlib is installed).")
     p.add_argument("run", help="folder of the (fine-tuned) run")
     p.add_argument("--base", default=None, help="folder of the base-model run, for RI")
     p.add_argument("--dataset", default=None, help="the dataset the prompts came from")
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_SCISCORE,
                    help=f"SciScore checkpoint (default {DEFAULT_SCISCORE})")
     p.add_argument("--out", default="science_t2i_eval", help="output folder")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--preprocess", default="exact", choices=["exact", "fast"],
                    help="exact (default): the pixels SciScore's own processor computes, as in "
@@ -35,9 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ...nodes.sciscore import load_sciscore
     from ..datasets import load_records
-    from ..evaluate import (bar_chart_png, collect_generated, compare_runs, evaluate_t2i_run,
-                            t2i_markdown, write_report)
+    from ..evaluate import (bar_chart_png, charts_available, collect_generated, compare_runs,
+                            evaluate_t2i_run, t2i_markdown, write_report)
+    from ..faults import check_device, check_output_dir
 
+    check_device(args.device)
+    out = check_output_dir(args.out, "--out")
+    charts = charts_available()
     records = (load_records(args.dataset, args.split, require=("implicit_prompt",))
                if args.dataset else None)
     # check both layouts before loading the model
@@ -59,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     chart = bar_chart_png({f"{name} {kind.upper()}": {t: s[kind] for t, s in
                                                         summary["by_task"].items()}
                            for name, summary in runs.items() for kind in ("ip", "ep", "sp")},
-                          title, "mean SciScore")
+                          title, "mean SciScore") if charts else None
     data = {"run": str(args.run), "base": args.base, "model": str(args.model), "runs": runs,
             "relative_improvement": ri, "images": images}
-    paths = write_report(Path(args.out), "t2i_eval", data, markdown, chart)
+    paths = write_report(out, "t2i_eval", data, markdown, chart, setting="--out")
     print(markdown)
     print("written: " + ", ".join(str(p) for p in paths))
     return 0
