@@ -14,11 +14,12 @@ Tests replace ComfyUI with stub modules and call ``reload_bridge()``.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -247,6 +248,56 @@ def soft_empty_cache() -> None:
 
 # ----------------------------------------------------------------------------- progress, interrupt
 
+_quiet_depth = 0   # open quiet_progress() blocks
+
+
+def progress_enabled() -> bool:
+    """Whether the pack's own bars show: not inside quiet_progress(), and not turned off by
+    the environment (SCIENCE_T2I_NO_PROGRESS=1)."""
+    return _quiet_depth == 0 and os.environ.get("SCIENCE_T2I_NO_PROGRESS") != "1"
+
+
+def _silence(library: str) -> Callable[[], None] | None:
+    """Turn off one library's tqdm bars; returns what turns them back on (None: nothing to
+    undo, or the library is not installed)."""
+    try:
+        if library == "huggingface_hub":
+            from huggingface_hub import utils as hub
+            was_off = hub.are_progress_bars_disabled()
+            hub.disable_progress_bars()
+            # enabling transformers' bars again enables the hub's too: restore this last
+            return hub.disable_progress_bars if was_off else hub.enable_progress_bars
+        logs = importlib.import_module(f"{library}.utils.logging")
+    except ImportError:
+        return None
+    if not logs.is_progress_bar_enabled():
+        return None
+    logs.disable_progress_bar()
+    return logs.enable_progress_bar
+
+
+@contextlib.contextmanager
+def quiet_progress(quiet: bool = True, libraries: Iterable[str] = ("huggingface_hub",
+                                                                   "transformers")
+                   ) -> Iterator[None]:
+    """With ``quiet``, no progress bar inside the block: neither the pack's nor those of
+    ``libraries`` (model loading and saving, downloads); each is restored afterwards."""
+    global _quiet_depth
+    if not quiet:
+        yield
+        return
+    # the hub's state first, so it is restored last
+    ordered = sorted(libraries, key=lambda name: name != "huggingface_hub")
+    restores = [r for r in map(_silence, ordered) if r is not None]
+    _quiet_depth += 1
+    try:
+        yield
+    finally:
+        _quiet_depth -= 1
+        for restore in reversed(restores):
+            restore()
+
+
 class Progress:
     """ComfyUI's ProgressBar inside ComfyUI (the node's bar in the UI), tqdm outside."""
 
@@ -259,7 +310,7 @@ class Progress:
         elif enabled:
             from tqdm.auto import tqdm
             self._tqdm = tqdm(total=total, desc=desc, leave=False,
-                              disable=os.environ.get("SCIENCE_T2I_NO_PROGRESS") == "1")
+                              disable=not progress_enabled())
 
     def update(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -290,6 +341,21 @@ def lora_key_map(model: Any) -> dict[str, Any]:
     """ComfyUI's map from LoRA key names to the diffusion model's weights (comfy.lora)."""
     require_comfy("reading a MODEL's LoRA key map")
     return comfy_lora.model_lora_keys_unet(model.model, {})
+
+
+def model_weight_shape(model: Any, name: str) -> tuple[int, ...] | None:
+    """Shape of a MODEL's weight by its state-dict name (a key map target), None if absent."""
+    getter = getattr(model, "get_model_object", None)
+    try:
+        if getter is not None:
+            weight = getter(name)
+        else:
+            weight = model.model
+            for part in name.split("."):
+                weight = getattr(weight, part)
+    except (AttributeError, KeyError, IndexError):
+        return None
+    return tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
 
 
 def load_lora_for_models(model: Any, clip: Any, lora: dict, strength_model: float,

@@ -61,8 +61,10 @@ def save_scored_pngs(images: torch.Tensor, prompts: list[str], scores: list[floa
     for i in range(n):
         info = PngInfo()
         info.add_text("sciscore_prompt", prompts[i])
-        info.add_text("sciscore", json.dumps({"score": float(scores[i]), "rank": rank[i],
-                                              "of": n, "model": model_name}))
+        meta: dict[str, Any] = {"score": float(scores[i]), "rank": rank[i], "of": n}
+        if model_name:  # unknown: left out rather than written empty
+            meta["model"] = model_name
+        info.add_text("sciscore", json.dumps(meta))
         for key, value in (extra_text or {}).items():
             info.add_text(key, value if isinstance(value, str) else json.dumps(value))
         buf = io.BytesIO()

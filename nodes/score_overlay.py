@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
+from .errors import ScienceT2IError
+
+POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "middle")
 
 
 def _font(size: int):
@@ -16,6 +18,20 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
         return ImageFont.load_default()
+
+
+def label_origin(position: str, w: int, h: int, bw: int, bh: int) -> tuple[int, int]:
+    """Top-left corner of a bw x bh box at ``position``: "<top|middle|bottom>-<left|center|
+    right>" or a bare "middle" / "center" for the centre of the image."""
+    parts = position.split("-")
+    if len(parts) == 1:
+        parts = [parts[0], parts[0]]
+    vertical = {"top": 0, "middle": (h - bh) // 2, "center": (h - bh) // 2, "bottom": h - bh}
+    horizontal = {"left": 0, "middle": (w - bw) // 2, "center": (w - bw) // 2, "right": w - bw}
+    if len(parts) != 2 or parts[0] not in vertical or parts[1] not in horizontal:
+        raise ScienceT2IError(f"unknown label position {position!r}; use top-left, top-right, "
+                              "bottom-left, bottom-right, middle, or e.g. middle-left.")
+    return horizontal[parts[1]], vertical[parts[0]]
 
 
 def draw_label(image: torch.Tensor, text: str, position: str = "top-left",
@@ -32,8 +48,7 @@ def draw_label(image: torch.Tensor, text: str, position: str = "top-left",
     left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
     pad = max(2, size // 4)
     bw, bh = min(w, right - left + 2 * pad), min(h, bottom - top + 2 * pad)
-    x0 = 0 if position.endswith("left") else w - bw
-    y0 = 0 if position.startswith("top") else h - bh
+    x0, y0 = label_origin(position, w, h, bw, bh)
     box = Image.new("L", (w, h), 0)
     ImageDraw.Draw(box).rectangle([x0, y0, x0 + bw - 1, y0 + bh - 1], fill=255)
     glyphs = Image.new("L", (w, h), 0)

@@ -36,13 +36,16 @@ def _png(value: float, size: int = 16, mask: bool = False, score: float | None =
 
 
 class FakeComfy:
-    """``mode``: "ok"; "reject" (POST /prompt answers 400 with node_errors); "exec_error"
+    """``mode``: "ok"; "reject" (POST /prompt answers 400 with node_errors); "partial" (200
+    with a prompt id and node_errors, as ComfyUI answers when only some outputs are valid,
+    queueing those); "exec_error"
     (history reports an execution error); "vanish" (accepts one prompt, then stops listening)."""
 
     def __init__(self, mode: str = "ok", polls_before_done: int = 1):
         self.mode = mode
         self.polls_before_done = polls_before_done
         self.received: list[dict] = []
+        self.deleted: list[str] = []
         self.jobs: dict[str, dict] = {}
         self.files: dict[str, bytes] = {}
         self.lock = threading.Lock()
@@ -61,9 +64,15 @@ class FakeComfy:
                 self.wfile.write(body)
 
             def do_POST(self):
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/queue":   # {"delete": [prompt ids]}
+                    with fake.lock:
+                        for pid in data.get("delete", []):
+                            fake.jobs.pop(pid, None)
+                            fake.deleted.append(pid)
+                    return self._json({})
                 if self.path != "/prompt":
                     return self._json({}, 404)
-                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake._post_prompt(self, data)
 
             def do_GET(self):
@@ -124,7 +133,14 @@ class FakeComfy:
         with self.lock:
             number = len(self.jobs)
             self.jobs[prompt_id] = {"graph": graph, "polls": 0}
-        handler._json({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+        errors = {}
+        if self.mode == "partial":
+            mask = _titled(graph, "Rollout subject mask") or "20"
+            errors = {mask: {"errors": [{"type": "required_input_missing",
+                                         "message": "Required input is missing",
+                                         "details": "image", "extra_info": {}}],
+                             "dependent_outputs": ["21"], "class_type": "SaveImage"}}
+        handler._json({"prompt_id": prompt_id, "number": number, "node_errors": errors})
         if self.mode == "vanish":
             threading.Thread(target=self.stop, daemon=True).start()
 

@@ -1,6 +1,8 @@
 """The ComfyUI rollout source against fake ComfyUI servers on 127.0.0.1."""
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 
@@ -38,6 +40,39 @@ def test_fill_workflow_sets_the_request_into_the_shipped_graph():
     assert by_title["Rollout SciScore"]["prompt"] == "a rusty hammer"
     assert by_title["Rollout images"]["prompt"] == "a rusty hammer"
     assert graph != g  # the template is left untouched
+
+
+def test_switching_the_lora_off_sets_the_loaders_own_strength_input():
+    graph = load_workflow(ROLLOUT)
+    g = fill_workflow(graph, RolloutRequest(0, "a rusty hammer", "hammer", 42, 3), None)
+    lora = next(n for n in g.values() if n["_meta"]["title"] == "Rollout LoRA")
+    assert lora["class_type"] == "ScienceT2I_LoraLoader"
+    assert lora["inputs"]["strength"] == 0.0 and "strength_model" not in lora["inputs"]
+    # ComfyUI's own LoRA loader names it strength_model
+    core = copy.deepcopy(graph)
+    node = next(n for n in core.values() if n["_meta"]["title"] == "Rollout LoRA")
+    node["class_type"] = "LoraLoaderModelOnly"
+    node["inputs"]["strength_model"] = node["inputs"].pop("strength")
+    g = fill_workflow(core, RolloutRequest(0, "x", "x", 1, 1), None)
+    node = next(n for n in g.values() if n["_meta"]["title"] == "Rollout LoRA")
+    assert node["inputs"]["strength_model"] == 0.0 and "strength" not in node["inputs"]
+    del node["inputs"]["strength_model"]
+    with pytest.raises(ScienceT2IError, match="no strength input"):
+        fill_workflow(g, RolloutRequest(0, "x", "x", 1, 1), None)
+
+
+def test_a_graph_accepted_only_in_part_counts_as_rejected(tmp_path):
+    # ComfyUI answers 200 with a prompt id when some outputs are valid, listing the invalid
+    # nodes in node_errors, and runs the rest: that server's answer is a rejection
+    with FakeComfy(mode="partial") as partial, FakeComfy() as good:
+        results = client([partial, good], tmp_path).run_round(requests(3))
+        assert all(r.server == good.url for r in results) and len(results) == 3
+        assert partial.deleted and not partial.jobs     # its queued part was taken back
+    with FakeComfy(mode="partial") as partial:
+        with pytest.raises(ScienceT2IError) as err:
+            client([partial], tmp_path).run_round(requests(1))
+    msg = str(err.value)
+    assert "only in part" in msg and "(SaveImage): Required input is missing image" in msg
 
 
 def test_round_runs_on_two_servers_in_parallel(tmp_path):

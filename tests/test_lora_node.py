@@ -174,3 +174,54 @@ def test_wrong_fused_width(tmp_path):
                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.randn(40, 4)}, str(path))
     with pytest.raises(ScienceT2IError, match="3 x 16"):
         read_lora(path)
+
+
+def _model_with_weights(comfy, key_map, layers, wrong=None):
+    """A MODEL whose diffusion_model holds weights of the shapes the LoRA layers need (fused
+    targets as wide as their slices reach); ``wrong`` gets one more input column."""
+    from comfy.model_patcher import ModelPatcher
+    shapes: dict[str, list[int]] = {}
+    for module, target in key_map.items():
+        m = module.removeprefix("transformer.")
+        if m not in layers:
+            continue
+        A, B = layers[m]
+        name, piece = (target, None) if isinstance(target, str) else target
+        out = B.shape[0] if piece is None else piece[1] + piece[2]
+        cur = shapes.setdefault(name, [0, A.shape[1] + (1 if m == wrong else 0)])
+        cur[0] = max(cur[0], out)
+    root = torch.nn.Module()
+    for name, (o, i) in shapes.items():
+        node = root
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(node, part):
+                node.add_module(part, torch.nn.Module())
+            node = getattr(node, part)
+        node.register_parameter(leaf, torch.nn.Parameter(torch.zeros(o, i)))
+    return ModelPatcher(root, torch.device("cpu"), torch.device("cpu"))
+
+
+def test_layers_whose_shapes_do_not_fit_the_model_are_not_matched(comfy, layers):
+    comfy.lora.key_map = comfy_key_map()
+    name = _put_lora(comfy, kohya_bfl_names(layers))
+    # every shape fits: all matched, as without weights to compare
+    _, report = ScienceT2I_LoraLoader().load(_model_with_weights(comfy, comfy.lora.key_map,
+                                                                 layers), name, 1.0)
+    assert _report_numbers(report) == (3 * len(layers), 0)
+    # one layer one column wider in the model: reported, not applied
+    wrong = "proj_out"
+    assert wrong in layers
+    model = _model_with_weights(comfy, comfy.lora.key_map, layers, wrong=wrong)
+    _, report = ScienceT2I_LoraLoader().load(model, name, 1.0)
+    assert _report_numbers(report) == (3 * (len(layers) - 1), 3)
+    assert "1 do not fit its weight shapes" in report and f"transformer.{wrong} is" in report
+    patch = comfy.lora_calls[-1][0]
+    assert not any(k.startswith(f"transformer.{wrong}.") for k in patch)
+    # nothing fits: an error that says why
+    bad = {f"transformer.{m}.lora_{x}.weight": t for m, (A, B) in layers.items()
+           for x, t in (("A", torch.randn(A.shape[0], A.shape[1] + 3)), ("B", B))}
+    name = _put_lora(comfy, bad, "misfit.safetensors")
+    with pytest.raises(ScienceT2IError, match="not its sizes"):
+        ScienceT2I_LoraLoader().load(_model_with_weights(comfy, comfy.lora.key_map, layers),
+                                     name, 1.0)

@@ -130,8 +130,8 @@ def test_renamed_input_in_api_format(pair, defs):
     api[nid]["inputs"]["image"] = api[nid]["inputs"].pop("images")
     problems = wc.check_workflow(api, defs)
     assert f"node {nid} (ScienceT2I_SaveScoredImages): 'image' is not an input of " \
-           "ScienceT2I_SaveScoredImages (its inputs: images, scores, prompt, filename_prefix); " \
-           "did you mean 'images'?" in problems
+           "ScienceT2I_SaveScoredImages (its inputs: images, scores, prompt, filename_prefix, " \
+           "sciscore_model); did you mean 'images'?" in problems
     assert f"node {nid} (ScienceT2I_SaveScoredImages): required input 'images' is missing " \
            "(needs a link from a IMAGE output)" in problems
     assert len(problems) == 2

@@ -134,7 +134,14 @@ def fill_workflow(graph: dict, request: RolloutRequest, lora_name: str | None,
     lora = _find(g, TITLE_LORA, required=False)
     if lora is not None:
         if lora_name is None:
-            g[lora]["inputs"]["strength_model"] = 0.0
+            # the pack's loader calls it strength, ComfyUI's LoraLoaderModelOnly strength_model
+            inputs = g[lora]["inputs"]
+            key = next((k for k in ("strength", "strength_model") if k in inputs), None)
+            if key is None:
+                raise ScienceT2IError(f"the rollout graph's '{TITLE_LORA}' node has no "
+                                      "strength input to switch the LoRA off; use the pack's "
+                                      "Science LoRA Loader or ComfyUI's LoraLoaderModelOnly.")
+            inputs[key] = 0.0
         else:
             g[lora]["inputs"]["lora_name"] = lora_name
     for title in (TITLE_SCISCORE, TITLE_IMAGES):  # SciScore and Save Scored Images take it
@@ -217,7 +224,20 @@ class ComfyRolloutClient:
         if status != 200 or "prompt_id" not in reply:
             raise ServerFailed(f"{server.url} rejected the rollout graph (HTTP {status}): "
                                f"{_describe_error(reply)}")
+        if reply.get("node_errors"):
+            # ComfyUI queues the graph's valid outputs and answers 200 with the invalid nodes
+            # listed: the rollout would run without them and fail later elsewhere
+            self._forget(server, reply["prompt_id"])
+            raise ServerFailed(f"{server.url} accepted the rollout graph only in part (HTTP "
+                               f"200 with node errors): {_describe_error(reply)}")
         return reply["prompt_id"]
+
+    def _forget(self, server: ComfyServer, prompt_id: str) -> None:
+        """Take a queued prompt off the server's queue (best effort)."""
+        try:
+            self._http(server, "/queue", {"delete": [prompt_id]})
+        except ServerFailed:
+            pass
 
     def _wait(self, server: ComfyServer, prompt_id: str) -> dict:
         deadline = time.monotonic() + self.timeout
