@@ -96,10 +96,12 @@ class FluxEncoders:
         if self._text is None:
             from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
             d = str(self.model_dir)
+            # transformers >= 4.56 takes dtype= (torch_dtype= is deprecated there); diffusers'
+            # from_pretrained above and below keeps torch_dtype=, its name since 0.x
             clip = CLIPTextModel.from_pretrained(d, subfolder="text_encoder",
-                                                 torch_dtype=self.dtype).to(self.device).eval()
+                                                 dtype=self.dtype).to(self.device).eval()
             t5 = T5EncoderModel.from_pretrained(d, subfolder="text_encoder_2",
-                                                torch_dtype=self.dtype).to(self.device).eval()
+                                                dtype=self.dtype).to(self.device).eval()
             clip.requires_grad_(False)
             t5.requires_grad_(False)
             self._text = (AutoTokenizer.from_pretrained(d, subfolder="tokenizer"), clip,
