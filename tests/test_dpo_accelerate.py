@@ -10,7 +10,7 @@ import torch
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.training.config import load_config
 from science_t2i.training.dpo import DPOConfig, DPOTrainer
-from science_t2i.training.reference_policy import adapter_disabled, lora_layers
+from science_t2i.training.reference_policy import adapter_disabled
 from science_t2i.training.flux_sampler import latent_image_ids, predict_velocity
 from science_t2i.training.preference_losses import Pair
 from tiny_dpo import RES, dpo_overrides
@@ -72,10 +72,9 @@ def test_a_round_takes_one_optimizer_step_per_grad_accum_micro_batches(flux_dir,
     assert trainer.step == len(steps) == -(-n_pairs // 4)
 
 
-def test_cached_adapter_switch_gives_the_reference(flux_dir, prompts, tmp_path):
+def test_the_adapter_switch_gives_the_reference(flux_dir, prompts, tmp_path):
     trainer = trainer_for(flux_dir, prompts, tmp_path)
     model = trainer.model
-    assert trainer.lora_layers == lora_layers(model) and trainer.lora_layers
     with torch.no_grad():
         for p in trainer.params:
             p.normal_(0, 0.5)

@@ -46,7 +46,7 @@ from .flux_sampler import (Trajectory, draw_noise, latent_image_ids, pack_mask,
 from .lora_trainer import LoraTrainer
 from .presets import Preset, resolve_preset
 from .preference_losses import Pair, flow_dpo_loss, flow_matching_inputs, oft_loss, select_pairs
-from .reference_policy import (REFERENCE_ADAPTER, adapter_active, adapter_disabled, lora_layers,
+from .reference_policy import (REFERENCE_ADAPTER, adapter_active, adapter_disabled,
                                merge_lora_into_weights, stack_loras)
 from .rollouts import RolloutBatch, RolloutPrompt
 from .sections import (CheckpointSection, LogSection, LoraSection, OptimSection, RunSection,
@@ -266,7 +266,6 @@ class DPOTrainer(LoraTrainer):
                         "its SFT checkpoint; this run starts from the base model")
         self.setup_lora(transformer, self.estimated_steps(),
                         start_from=self.sft_lora if self.continuing else None)
-        self.lora_layers = lora_layers(self.unwrapped)
         self._img_ids: dict[tuple[int, int], torch.Tensor] = {}
         self.scheduler_config = dict(_scheduler_config(self.model_dir))
         self.source = self._make_source()
@@ -438,9 +437,9 @@ class DPOTrainer(LoraTrainer):
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         if self.continuing:
-            stack.enter_context(adapter_active(self.lora_layers, REFERENCE_ADAPTER))
+            stack.enter_context(adapter_active(self.unwrapped, REFERENCE_ADAPTER))
         else:
-            stack.enter_context(adapter_disabled(self.unwrapped, self.lora_layers))
+            stack.enter_context(adapter_disabled(self.unwrapped))
         stack.enter_context(self.accelerator.autocast())
         return stack
 

@@ -22,25 +22,15 @@ from ..nodes.errors import ScienceT2IError
 REFERENCE_ADAPTER = "sft_reference"
 
 
-def lora_layers(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer's PEFT adapter layers (found once: walking every module per step costs)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    return [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
-
-
 @contextlib.contextmanager
-def adapter_disabled(transformer: torch.nn.Module,
-                     layers: list[torch.nn.Module] | None = None) -> Iterator[None]:
-    """The reference policy: the same module with its LoRA adapters switched off (no copy).
-    ``layers`` (from :func:`lora_layers`) saves searching the module tree each call."""
-    layers = lora_layers(transformer) if layers is None else layers
-    for layer in layers:
-        layer.enable_adapters(False)
+def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
+    """The reference policy: the same module with its LoRA adapters switched off (no copy),
+    by diffusers' own switch (a walk over the modules: far below a forward's cost)."""
+    transformer.disable_adapters()
     try:
         yield
     finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+        transformer.enable_adapters()
 
 
 def merge_lora_into_weights(transformer: torch.nn.Module, lora: Any) -> int:
@@ -125,9 +115,7 @@ def continue_lora(transformer: torch.nn.Module, lora: Any,
                    and "lora_" in k]
         if missing:
             raise ScienceT2IError(f"the SFT LoRA lacks tensors for {missing[:2]}...")
-    layers = lora_layers(transformer)
-    for layer in layers:
-        layer.set_adapter("default")      # trainable; the reference copy stays frozen
+    transformer.set_adapter("default")    # trainable; the reference copy stays frozen
     for name, p in transformer.named_parameters():
         if f".{REFERENCE_ADAPTER}." in name:
             p.requires_grad_(False)
@@ -140,13 +128,11 @@ def continue_lora(transformer: torch.nn.Module, lora: Any,
 
 
 @contextlib.contextmanager
-def adapter_active(layers: list[torch.nn.Module], name: str) -> Iterator[None]:
-    """Run with adapter ``name`` active in place of the trained "default" one (inside
-    inference mode: the trained adapter is switched back, trainable, on exit)."""
-    for layer in layers:
-        layer.set_adapter(name)
+def adapter_active(transformer: torch.nn.Module, name: str) -> Iterator[None]:
+    """Run with adapter ``name`` active in place of the trained "default" one, by diffusers'
+    ``set_adapter`` (inside inference mode: "default" is switched back, trainable, on exit)."""
+    transformer.set_adapter(name)
     try:
         yield
     finally:
-        for layer in layers:
-            layer.set_adapter("default")
+        transformer.set_adapter("default")
