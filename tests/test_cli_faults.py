@@ -370,3 +370,11 @@ def test_no_progress_environment_silences_library_bars(clip_dir, image, monkeypa
     captured = capfd.readouterr()
     assert "an apple" in captured.out
     assert "%|" not in captured.err, captured.err
+
+
+@pytest.mark.parametrize("command", ["sft", "dpo", "train-sciscore"])
+def test_a_nan_learning_rate_is_a_one_line_error(command, capsys):
+    from science_t2i.training.cli import main
+    assert main([command, "--print-config", "optim.lr=nan"]) != 0
+    err = capsys.readouterr().err
+    assert "optim.lr must be > 0; got nan." in err and "Traceback" not in err
