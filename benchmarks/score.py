@@ -6,14 +6,17 @@ Without --model, a CLIP-H-shaped transformers CLIPModel (laion CLIP-ViT-H-14: vi
 16 heads, patch 14, 224 px; text 24 x 1024, 16 heads; projection 1024) with random weights,
 and the real CLIP BPE vocabulary (bundled with open_clip) so prompts have their real length.
 
-Prints, for the pack's path (tensor preprocessing, batched images, text encoded once, both
-towers through oneDNN's fused kernels): images/s, achieved GFLOP/s (334.6 GFLOP per 224 px
-image; a text counts 47.1 GFLOP x its tokens / 77), the ratio to this machine's fp32 matmul
-throughput measured in the same run, and the speed-up over a reference-style path
-(CLIPImageProcessor on PIL images, one model call per (prompt, image) pair, the text
-re-encoded on each call), as the paper's evaluation code does. The same scorer with
-``onednn=False`` (transformers' own forward) is measured in the same alternation, and with
---compile also ``compile=True`` (its compilation happens during the warm-up, not the timing).
+Prints which CPU path the scorer's default (``onednn="auto"``) chose and why (the CPU's
+capability and a one-layer measurement, clip_onednn.auto_choice), and how long deciding took.
+Then, for the pack's path (tensor preprocessing, batched images, text encoded once, the towers
+on the path auto chose): images/s, achieved GFLOP/s (334.6 GFLOP per 224 px image; a text
+counts 47.1 GFLOP x its tokens / 77), the ratio to this machine's fp32 matmul throughput
+measured in the same run, and the speed-up over a reference-style path (CLIPImageProcessor on
+PIL images, one model call per (prompt, image) pair, the text re-encoded on each call), as
+the paper's evaluation code does. The same scorer with ``onednn=False`` (transformers' own
+forward) and ``onednn=True`` (oneDNN's fused towers forced) is measured in the same
+alternation, and with --compile also ``compile=True`` (its compilation happens during the
+warm-up, not the timing).
 
 Matmul throughput is measured two ways, both square fp32 GEMMs on the same threads, best of 5
 at the start, after every repeat and at the end (so background load cannot make them look
@@ -32,6 +35,7 @@ import torch
 
 IMAGE_GFLOP = 334.6
 TEXT_GFLOP_77 = 47.1
+AUTO = "ours (auto)"  # the scorer as load_sciscore makes it
 PROMPT = ("A butter stick placed on a heated frying pan for several minutes, photographed in a "
           "kitchen")
 
@@ -227,8 +231,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.images, args.input_size, args.input_size, 3, generator=g)
     processor = reference_processor(scorer)
-    # the pack's scorer (oneDNN image tower), and the same with transformers' own forward
-    scorers = {"ours": scorer, "ours, onednn=False": twin(scorer, onednn=False)}
+    # the pack's scorer (its default: onednn="auto"), the same with transformers' own forward
+    # and with oneDNN's fused towers forced
+    from science_t2i.nodes.clip_onednn import LABELS
+    with Clock() as c:
+        choice = scorer.cpu_path()  # the one-time decision (cached for the warm-up and runs)
+    print(f"auto chose {LABELS[choice.path]} (decided in {c.wall * 1e3:.0f} ms): {choice.reason}")
+    scorers = {AUTO: scorer, "ours, onednn=False": twin(scorer, onednn=False),
+               "ours, onednn=True": twin(scorer, onednn=True)}
     warm = images[:1]
     for s in scorers.values():
         s.score(warm, "warm up")
@@ -285,18 +295,22 @@ def main() -> None:
                   f"{n * IMAGE_GFLOP / t_img:6.1f} GFLOP/s = {of_matmul(n * IMAGE_GFLOP / t_img)}")
         print(f"  {'reference':<19}: {t_ref:6.2f} s  {n / t_ref:6.3f} images/s  "
               f"{flop_ref / t_ref:6.1f} GFLOP/s = {of_matmul(flop_ref / t_ref)}")
-        print(f"  speed-up of ours over the reference path: {t_ref / best(totals['ours']):.3f}x")
+        t_auto = best(totals[AUTO])
+        print(f"  speed-up of ours (auto: {choice.path}) over the reference path: "
+              f"{t_ref / t_auto:.3f}x; over onednn=False (PyTorch's forward): "
+              f"{best(totals['ours, onednn=False']) / t_auto:.3f}x; over onednn=True: "
+              f"{best(totals['ours, onednn=True']) / t_auto:.3f}x")
         for mode, clocks in prep.items():
             print(f"  {mode} preprocessing of {args.input_size} px images: "
                   f"{best(clocks) / n * 1e3:6.1f} ms per image = "
-                  f"{best(clocks) / best(totals['ours']):.2%} of ours' scoring time")
+                  f"{best(clocks) / t_auto:.2%} of ours' scoring time")
     print(f"max |score difference| ours vs reference: "
-          f"{(scores['ours'] - s_ref).abs().max().item():.4f} "
+          f"{(scores[AUTO] - s_ref).abs().max().item():.4f} "
           f"(scale exp(logit_scale) = {scorer.logit_scale_exp:.1f})")
     for k in scorers:
-        if k != "ours":
+        if k != AUTO:
             print(f"max |score difference| {k} vs ours: "
-                  f"{(scores[k] - scores['ours']).abs().max().item():.2e}")
+                  f"{(scores[k] - scores[AUTO]).abs().max().item():.2e}")
     print("wall seconds per run: " + ", ".join(
         f"{k} {[round(c.wall, 1) for c in v]}" for k, v in totals.items())
         + f", reference {[round(c.wall, 1) for c in ref]}")

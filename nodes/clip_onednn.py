@@ -3,9 +3,11 @@ GELU or residual add (transformers CLIPModel and open_clip CLIP).
 
 Why: PyTorch's fp32 matmul on CPU is MKL's sgemm, and MKL runs its AVX2 code on CPUs that are
 not Intel's; oneDNN (bundled with PyTorch) JIT-compiles AVX-512 kernels for any CPU that has
-it. On the AMD EPYC the benchmarks run on, a 2048^3 fp32 GEMM is ~2.5x faster through oneDNN
-(benchmarks/score.py measures both). Fusing the bias, GELU and residual add into the GEMM also
-saves a pass over the activations per op.
+it. Fusing the bias, GELU and residual add into the GEMM also saves a pass over the
+activations per op. Whether that wins depends on the CPU: on an AVX-512 AMD EPYC the towers
+ran 1.1-1.2x faster than transformers' forward, on an AVX2-only one 0.85x. So the scorer's
+default ("auto", ``auto_choice``) takes this path only on CPUs with AVX-512 where a quick
+measurement of the model's own layer shows it faster (benchmarks/score.py compares both).
 
 Only the transformer blocks are replaced; embeddings, norms and projections are the model's
 own modules, and pooling picks the same token the libraries do. Weights are read from the live modules on every call (nothing is copied or
@@ -16,12 +18,17 @@ functions return None and the caller runs the model's own forward.
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from types import SimpleNamespace
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger("science_t2i")
 
 # activation names (transformers' hidden_act) -> oneDNN's fused GELU algorithm
 _HF_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
@@ -255,3 +262,130 @@ def open_clip_text_features(model: Any, text: torch.Tensor) -> torch.Tensor | No
     if proj is None:
         return pooled
     return proj(pooled) if isinstance(proj, nn.Module) else pooled @ proj
+
+
+# ----------------------------------------------------------------------------- auto: which path
+
+class Choice(NamedTuple):
+    """The forward CPU scoring runs, "onednn" or "pytorch", and why."""
+    path: str
+    reason: str
+
+
+# The measurement: the first image block's attention output projection (live weights, [D, D])
+# with its residual add on MEASURE_ROWS random rows, through oneDNN's fused op and as the
+# libraries run it (F.linear, then +), alternating; each path's best time counts (background
+# load only ever adds time). On the benchmark machine the ratio measured the same at 64-256
+# rows (half a CLIP-H image is 128 tokens); deciding for CLIP-H took ~45 ms at 1 thread.
+MEASURE_ROWS = 128
+MEASURE_PAIRS = (3, 20)  # at least, at most this many alternations
+MEASURE_BUDGET_S = 0.02  # alternations beyond the minimum only while under this
+# oneDNN only when its layer is at least this much faster: a smaller gain is within the
+# measurement's noise and the gap between one layer and the whole tower, and PyTorch's
+# forward is the safe side to err on (at worst this much slower than oneDNN, never slower
+# than itself).
+MARGIN = 1.05
+
+LABELS = {"onednn": "oneDNN's fused towers", "pytorch": "PyTorch's own forward"}
+_choices: dict[tuple, Choice] = {}  # (threads, layer shape) -> the decision, once per process
+
+
+def cpu_capability() -> str:
+    """ATen's CPU capability: "AVX512", "AVX2", "DEFAULT", "SVE256", ..."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def _sample_block(model: Any) -> _Block | None:
+    """The first block of the image tower (transformers or open_clip), or None."""
+    vision = getattr(model, "vision_model", None)
+    if vision is not None and hasattr(getattr(vision, "encoder", None), "layers"):
+        layers = SimpleNamespace(layers=vision.encoder.layers[:1])
+        blocks = _hf_blocks(layers, model.config.vision_config.hidden_act)
+    else:
+        transformer = getattr(getattr(model, "visual", None), "transformer", None)
+        if not hasattr(transformer, "resblocks"):
+            return None
+        blocks = _open_clip_blocks(SimpleNamespace(resblocks=transformer.resblocks[:1]))
+    return blocks[0] if blocks else None
+
+
+def measure(block: _Block, rows: int = MEASURE_ROWS) -> tuple[float, float]:
+    """Best seconds of the block's output projection + residual add: (oneDNN, PyTorch)."""
+    out = block.out
+    g = torch.Generator().manual_seed(0)
+    x, h = torch.randn(2, rows, out.weight.shape[1], generator=g)
+
+    def fused() -> None:
+        _linear_add(x, h, out)
+
+    def plain() -> None:
+        h + F.linear(x, out.weight, out.bias)
+
+    best = [float("inf"), float("inf")]
+    with torch.inference_mode():
+        fused()  # oneDNN builds its kernel on first use
+        plain()
+        start, pairs = time.perf_counter(), 0
+        while pairs < MEASURE_PAIRS[0] or (pairs < MEASURE_PAIRS[1] and
+                                           time.perf_counter() - start < MEASURE_BUDGET_S):
+            for i, call in enumerate((fused, plain)):
+                t = time.perf_counter()
+                call()
+                best[i] = min(best[i], time.perf_counter() - t)
+            pairs += 1
+    return best[0], best[1]
+
+
+def decide(capability: str, seconds: tuple[float, float] | None = None,
+           what: str = "the layer") -> Choice:
+    """The rule. No AVX-512: PyTorch's forward, unmeasured (oneDNN's edge is its AVX-512
+    kernels where MKL runs AVX2 code; on an AVX2-only EPYC the oneDNN towers ran 0.85x).
+    AVX-512: oneDNN only if ``seconds`` = (oneDNN, PyTorch) shows it MARGIN faster."""
+    if not capability.upper().startswith("AVX512"):
+        return Choice("pytorch", f"CPU capability {capability}: no AVX-512, so oneDNN has no "
+                                 "faster kernels than PyTorch's matmul")
+    if seconds is None:
+        return Choice("pytorch", f"CPU capability {capability}, but not measured")
+    t_onednn, t_torch = seconds
+    detail = (f"CPU capability {capability}; {what}: oneDNN {t_onednn * 1e3:.2f} ms, "
+              f"PyTorch {t_torch * 1e3:.2f} ms ({t_torch / t_onednn:.2f}x)")
+    if t_onednn * MARGIN <= t_torch:
+        return Choice("onednn", f"{detail}, at least the {MARGIN:.2f}x required")
+    return Choice("pytorch", f"{detail}, under the {MARGIN:.2f}x oneDNN must reach")
+
+
+def auto_choice(model: Any) -> Choice:
+    """The scorer's default on CPU: which forward runs this model's fp32 towers fastest here.
+    Decided once per process, thread count and layer shape (cached), and logged once."""
+    if not available():
+        return Choice("pytorch", "this PyTorch build has no oneDNN fused linear ops")
+    if not torch.backends.mkldnn.enabled:
+        return Choice("pytorch", "oneDNN is switched off (torch.backends.mkldnn.enabled)")
+    block = _sample_block(model)
+    if block is None:
+        return Choice("pytorch", "the oneDNN path does not apply to this model's towers")
+    w = block.out.weight
+    if w.device.type != "cpu" or w.dtype != torch.float32:
+        return Choice("pytorch", "the oneDNN path runs only fp32 weights on CPU")
+    key = (torch.get_num_threads(), tuple(w.shape))
+    choice = _choices.get(key)
+    if choice is None:
+        choice = _choices[key] = _decide_now(block, key[0])
+        log.info("SciScore on CPU: %s, because %s", LABELS[choice.path], choice.reason)
+    return choice
+
+
+def _decide_now(block: _Block, threads: int) -> Choice:
+    capability = cpu_capability()
+    if not capability.upper().startswith("AVX512"):
+        return decide(capability)  # no measurement needed
+    try:
+        seconds = measure(block)
+    except RuntimeError as exc:  # a oneDNN build or CPU that refuses the kernel
+        return Choice("pytorch", f"oneDNN failed in the measurement ({exc})")
+    d_out, d_in = block.out.weight.shape
+    return decide(capability, seconds, f"one {MEASURE_ROWS}x{d_in}x{d_out} layer at {threads} "
+                                       f"thread{'s' if threads > 1 else ''}")

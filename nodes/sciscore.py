@@ -86,6 +86,10 @@ class _HFBackend:
         return out if out is not None else _embedding(
             self.module.get_image_features(pixel_values=pixels))
 
+    def token_count(self, prompt: str) -> int:
+        """Tokens of the whole prompt, start and end tokens included (no truncation)."""
+        return len(self.tokenizer(prompt, truncation=False, verbose=False)["input_ids"])
+
     def text_features(self, prompts: list[str], device: torch.device,
                       onednn: bool = False) -> torch.Tensor:
         tok = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
@@ -99,6 +103,11 @@ class _HFBackend:
 class _OpenClipBackend:
     def __init__(self, model: Any, tokenizer: Any):
         self.module, self.tokenizer = model, tokenizer
+        self.max_length = int(getattr(tokenizer, "context_length", 77) or 77)
+
+    def token_count(self, prompt: str) -> int | None:
+        encode = getattr(self.tokenizer, "encode", None)   # open_clip's SimpleTokenizer
+        return len(encode(prompt)) + 2 if callable(encode) else None
 
     def logit_scale(self) -> torch.Tensor:
         return self.module.logit_scale
@@ -125,7 +134,7 @@ class SciScoreModel:
     def __init__(self, backend: Any, *, name: str, image_size: int, crop_size: int,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
                  dtype: torch.dtype, batch_size: int = 16, compile: bool = False,
-                 onednn: bool = True, preprocess: str = "exact",
+                 onednn: bool | str = "auto", preprocess: str = "exact",
                  convention: str = "transformers", rescale_factor: float = 1 / 255,
                  resample: str = "bicubic"):
         if batch_size < 1:
@@ -147,17 +156,22 @@ class SciScoreModel:
         self.compile = bool(compile)
         self._compiled: Any = None
         self._compile_failed = False
-        # fp32 on CPU: both towers through oneDNN's fused kernels (clip_onednn.py); they
+        # fp32 on CPU: both towers through oneDNN's fused kernels (clip_onednn.py) when forced
+        # (True) or where "auto" finds them faster than PyTorch's forward (cpu_path); they
         # step aside by themselves elsewhere, and for good after any error
-        self.onednn = bool(onednn)
+        if onednn not in (True, False, "auto"):
+            raise ScienceT2IError(f"onednn must be True, False or 'auto'; got {onednn!r}.")
+        self.onednn: bool | str = onednn if onednn == "auto" else bool(onednn)
+        self._onednn_off = "onednn=False"  # why it is off, for cpu_path
         self.patcher = _comfy.wrap_model(backend.module, device, _comfy.offload_device())
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.dropped_tokens: dict[str, int] = {}   # prompt -> tokens past the tower's length
 
     @classmethod
     def from_clip(cls, clip: Any, tokenizer: Any, image_config: dict[str, Any], *,
                   name: str = "clip", device: torch.device | None = None,
                   batch_size: int = 16, compile: bool = False,
-                  onednn: bool = True, preprocess: str = "exact") -> "SciScoreModel":
+                  onednn: bool | str = "auto", preprocess: str = "exact") -> "SciScoreModel":
         """A scorer around a transformers CLIPModel already in memory (e.g. one being
         trained). ``image_config`` is the dict ``load_clip_directory`` returns."""
         dev = device if device is not None else next(clip.parameters()).device
@@ -226,14 +240,27 @@ class SciScoreModel:
                             "encoding without it", type(exc).__name__, exc)
         return self._onednn_or_plain(self._backend.image_features, pixels)
 
+    def cpu_path(self) -> clip_onednn.Choice:
+        """The forward scoring runs, ("onednn" | "pytorch", why). With onednn="auto" on fp32
+        CPU weights, the first call (at the first scoring) decides by the CPU's capability
+        and a measurement of one layer, once per process and thread count."""
+        if self.onednn is True:
+            return clip_onednn.Choice("onednn", "onednn=True (forced; fp32 weights on CPU only)")
+        if self.onednn is False:
+            return clip_onednn.Choice("pytorch", self._onednn_off)
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return clip_onednn.Choice("pytorch", f"{self.device.type} {self.dtype}: the oneDNN "
+                                                 "path runs only fp32 weights on CPU")
+        return clip_onednn.auto_choice(self.module)
+
     def _onednn_or_plain(self, features: Any, *args: Any) -> torch.Tensor:
-        """``features(*args, onednn=True)`` when enabled (it runs PyTorch's forward itself
-        where oneDNN does not apply); after a oneDNN error, PyTorch's forward for good."""
-        if self.onednn:
+        """``features(*args, onednn=True)`` when cpu_path says so (it runs PyTorch's forward
+        itself where oneDNN does not apply); after a oneDNN error, PyTorch's forward for good."""
+        if self.onednn and self.cpu_path().path == "onednn":
             try:
                 return features(*args, onednn=True)
             except RuntimeError as exc:  # a oneDNN build or CPU that refuses a kernel
-                self.onednn = False
+                self.onednn, self._onednn_off = False, f"the oneDNN towers failed ({exc})"
                 log.warning("SciScore: the oneDNN towers failed (%s); encoding with "
                             "PyTorch's own forward", exc)
         return features(*args)
@@ -254,6 +281,8 @@ class SciScoreModel:
         """Prompts -> L2-normalised float32 [N,D] (CPU); each prompt is encoded once per model."""
         prompts = list(prompts)
         missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        for p in missing:
+            self._note_truncation(p)
         if missing:
             self._ready()
             with torch.inference_mode():
@@ -270,6 +299,21 @@ class SciScoreModel:
         while len(self._text_cache) > TEXT_CACHE_SIZE:
             self._text_cache.popitem(last=False)
         return out
+
+    def _note_truncation(self, prompt: str) -> None:
+        """CLIP reads at most ``max_length`` tokens: record and log how many a prompt loses."""
+        count = getattr(self._backend, "token_count", lambda p: None)(prompt)
+        limit = getattr(self._backend, "max_length", 77)
+        if count is not None and count > limit and prompt not in self.dropped_tokens:
+            self.dropped_tokens[prompt] = count - limit
+            log.warning("SciScore: a prompt has %d tokens; CLIP reads the first %d, the last %d "
+                        "are not scored: %.60s...", count, limit, count - limit, prompt)
+
+    def truncation_lines(self, prompts: Sequence[str]) -> list[str]:
+        """Summary lines for the prompts cut at the text tower's length."""
+        limit = getattr(self._backend, "max_length", 77)
+        return [f"note: prompt cut at {limit} tokens, {self.dropped_tokens[p]} dropped: "
+                f"{p[:50]}..." for p in dict.fromkeys(prompts) if p in self.dropped_tokens]
 
     def clear_text_cache(self) -> None:
         """Forget cached text embeddings (needed after the weights change, e.g. training)."""
@@ -329,7 +373,7 @@ def count_images(images: ImagesArg) -> int:
 def load_sciscore(model: str | Path = DEFAULT_SCISCORE,
                   device: str | torch.device | None = None, dtype: str = "auto",
                   batch_size: int = 16, open_clip_arch: str | None = None,
-                  compile: bool = False, onednn: bool = True,
+                  compile: bool = False, onednn: bool | str = "auto",
                   preprocess: str = "exact") -> SciScoreModel:
     """Load SciScore from a name in models/sciscore, any path, or a hub id.
 
@@ -338,9 +382,10 @@ def load_sciscore(model: str | Path = DEFAULT_SCISCORE,
     None = ComfyUI's (or CUDA when available); ``dtype``: auto (fp16 on CUDA, fp32 on CPU),
     fp32, fp16 or bf16. ``compile``: run the image tower through ``torch.compile`` (fused
     kernels; the first batch of each new shape pays the compilation, and scoring falls back
-    to eager if compilation fails). ``onednn``: with fp32 weights on CPU, run the image
-    tower's linear layers through oneDNN's fused kernels (same maths, about 2x faster where
-    PyTorch's matmul is MKL on a non-Intel CPU); False keeps PyTorch's own forward.
+    to eager if compilation fails). ``onednn``: with fp32 weights on CPU, "auto" runs both
+    towers through oneDNN's fused kernels (same maths) where that is faster than PyTorch's
+    own forward (AVX-512 and a one-time measurement, see ``SciScoreModel.cpu_path``), True
+    always, False never.
     ``preprocess``: "exact" gives the model the pixels its own processor (transformers'
     CLIPImageProcessor, or open_clip's transform) computes from the 8-bit image, bit for bit;
     "fast" one float bicubic resize (pixels a few 1/255 steps off, see README).
@@ -449,7 +494,7 @@ class SciScoreNode:
         model = _as_model(sciscore_model)
         prompts = parse_prompts(prompt, count_images(images), split_lines=True)
         scores = model.score(images, prompts)
-        summary = "\n".join(_summary_lines(scores, prompts))
+        summary = "\n".join(_summary_lines(scores, prompts) + model.truncation_lines(prompts))
         return {"ui": {"text": [summary]}, "result": (scores.tolist(), summary)}
 
 
@@ -478,7 +523,8 @@ class SciScoreRank:
         order = rank_order(scores)
         keep = order[:top_k] if top_k > 0 else order
         batch = images if images.dim() == 4 else images.unsqueeze(0)
-        summary = "\n".join(_summary_lines(scores, prompts)[:len(keep)])
+        summary = "\n".join(_summary_lines(scores, prompts)[:len(keep)]
+                             + model.truncation_lines(prompts))
         return {"ui": {"text": [summary]},
                 "result": (batch[keep], scores[keep].tolist(), keep, summary)}
 
@@ -515,7 +561,7 @@ class SciScorePairwise:
         prob_a = preference_probabilities(torch.stack([sa, sb], dim=-1))[:, 0]
         lines = [f"pair {i}: A {sa[i]:.3f} vs B {sb[i]:.3f} -> P(A) = {prob_a[i]:.3f} "
                  f"({_verdict(float(sa[i]), float(sb[i]))})" for i in range(na)]
-        summary = "\n".join(lines)
+        summary = "\n".join(lines + model.truncation_lines(prompts))
         return {"ui": {"text": [summary]},
                 "result": (prob_a.tolist(), sa.tolist(), sb.tolist(), summary)}
 
@@ -572,6 +618,19 @@ class ScoreOverlay:
         return (out,)
 
 
+def _scoring_model_name(models: list | None, graph: Any) -> str:
+    """The scorer's name: the connected model's, else the model input of the graph's only
+    SciScore Loader (ComfyUI passes the API graph as the hidden PROMPT input), else ""."""
+    if models and isinstance(models[0], SciScoreModel):
+        return models[0].name
+    if isinstance(graph, dict):
+        names = {str(n.get("inputs", {}).get("model")) for n in graph.values()
+                 if isinstance(n, dict) and n.get("class_type") == "ScienceT2I_SciScoreLoader"}
+        if len(names) == 1:
+            return names.pop()
+    return ""
+
+
 class SaveScoredImages:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -580,6 +639,10 @@ class SaveScoredImages:
             "scores": ("FLOAT", {"forceInput": True}),
             "prompt": ("STRING", {"multiline": True, "default": ""}),
             "filename_prefix": ("STRING", {"default": "sciscore/scored"}),
+        }, "optional": {
+            "sciscore_model": ("SCISCORE_MODEL", {"tooltip": "the model that scored the "
+                               "images, named in the metadata (else the graph's only SciScore "
+                               "Loader, if there is one)"}),
         }, "hidden": {"graph": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
     INPUT_IS_LIST = True
@@ -591,8 +654,8 @@ class SaveScoredImages:
                    "in the PNG text metadata.")
 
     def save(self, images: list, scores: list, prompt: list = ("",),
-             filename_prefix: list = ("sciscore/scored",), graph: list | None = None,
-             extra_pnginfo: list | None = None):
+             filename_prefix: list = ("sciscore/scored",), sciscore_model: list | None = None,
+             graph: list | None = None, extra_pnginfo: list | None = None):
         from .save_scored import save_scored_pngs
         flat = _flatten_images(images)
         if not flat:
@@ -610,16 +673,18 @@ class SaveScoredImages:
             extra.update(extra_pnginfo[0])
         out_dir = _comfy.output_directory()
         scores = [float(s) for s in scores]
+        model_name = _scoring_model_name(sciscore_model, graph[0] if graph else None)
         if batch is not None:
             paths = save_scored_pngs(batch, prompts, scores, out_dir, filename_prefix[0],
-                                     extra_text=extra)
+                                     model_name=model_name, extra_text=extra)
         else:  # different sizes: one file at a time
             if len(scores) != len(flat):
                 raise ScienceT2IError(f"{len(flat)} images but {len(scores)} scores.")
             paths = []
             for img, p, s in zip(flat, prompts, scores):
                 paths += save_scored_pngs(img.unsqueeze(0), [p], [s], out_dir,
-                                          filename_prefix[0], extra_text=extra)
+                                          filename_prefix[0], model_name=model_name,
+                                          extra_text=extra)
         ui_images = [{"filename": p.name, "type": "output",
                       "subfolder": p.parent.relative_to(out_dir.resolve()).as_posix()
                       if p.parent != out_dir.resolve() else ""} for p in paths]

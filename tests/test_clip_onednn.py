@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from science_t2i.nodes import clip_onednn
+from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.sciscore import load_sciscore
 from tiny_clip import TINY_OPEN_CLIP_CFG, build_tiny_clip, random_uint8_images, tiny_clip_config
 
@@ -172,30 +173,155 @@ def test_open_clip_text_tower_matches_encode_text():
         assert clip_onednn.open_clip_text_features(model, tokens) is None
 
 
+def fake_cpu(monkeypatch, capability: str, seconds: tuple[float, float] | None = None):
+    """A fresh decision cache, ATen reporting ``capability``, and ``measure`` returning
+    ``seconds`` (oneDNN, PyTorch); returns the list of measured blocks."""
+    monkeypatch.setattr(clip_onednn, "_choices", {})
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    measured = []
+
+    def measure(block, rows=clip_onednn.MEASURE_ROWS):
+        if seconds is None:
+            raise AssertionError("measured where the capability alone decides")
+        measured.append(block)
+        return seconds
+    monkeypatch.setattr(clip_onednn, "measure", measure)
+    return measured
+
+
+@pytest.mark.parametrize("capability,seconds,path", [
+    ("AVX512", (1.0, 1.3), "onednn"),     # oneDNN clearly faster
+    ("AVX512", (1.0, 1.02), "pytorch"),   # faster, but within the margin
+    ("AVX512", (1.3, 1.0), "pytorch"),    # slower
+    ("AVX2", None, "pytorch"),            # no AVX-512: not even measured
+    ("DEFAULT", None, "pytorch"),
+    ("SVE256", None, "pytorch"),
+])
+def test_auto_rule(monkeypatch, capability, seconds, path):
+    measured = fake_cpu(monkeypatch, capability, seconds)
+    choice = clip_onednn.auto_choice(tiny_hf_clip())
+    assert choice.path == path and capability in choice.reason
+    assert len(measured) == (seconds is not None)
+    assert clip_onednn.decide(capability, seconds).path == path  # the rule alone agrees
+
+
+def test_auto_never_picks_the_slower_path():
+    ratios = [0.5, 0.9, 0.99, 1.0, 1.01, 1.049, 1.05, 1.051, 1.2, 3.0]  # PyTorch / oneDNN time
+    for base in (1e-4, 0.02, 1.0):
+        for r in ratios:
+            t_onednn, t_torch = base, base * r
+            choice = clip_onednn.decide("AVX512", (t_onednn, t_torch))
+            if choice.path == "onednn":
+                assert t_onednn < t_torch, (r, choice)  # never the slower path
+            # and oneDNN wherever it is faster by the margin
+            assert (choice.path == "onednn") == (r >= clip_onednn.MARGIN), (r, choice)
+
+
+def test_auto_decides_once_per_thread_count_and_logs_it(monkeypatch, caplog):
+    measured = fake_cpu(monkeypatch, "AVX512", (1.0, 2.0))
+    model = tiny_hf_clip()
+    before = torch.get_num_threads()
+    with caplog.at_level(logging.INFO, logger="science_t2i"):
+        first = clip_onednn.auto_choice(model)
+        assert clip_onednn.auto_choice(model) is first  # cached: no second measurement
+        assert clip_onednn.auto_choice(tiny_hf_clip(seed=1)) is first  # same shapes
+        assert len(measured) == 1
+        torch.set_num_threads(1 if before > 1 else 2)
+        try:
+            clip_onednn.auto_choice(model)  # another thread count is measured on its own
+        finally:
+            torch.set_num_threads(before)
+    assert len(measured) == 2
+    logged = [r.getMessage() for r in caplog.records if "SciScore on CPU" in r.getMessage()]
+    assert len(logged) == 2 and "oneDNN's fused towers" in logged[0]
+    assert "2.00x" in first.reason and first.path == "onednn"
+
+
+def test_auto_steps_aside_without_measuring(monkeypatch):
+    fake_cpu(monkeypatch, "AVX512")  # measuring would raise
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert clip_onednn.auto_choice(tiny_hf_clip()).path == "pytorch"
+    monkeypatch.undo()
+    fake_cpu(monkeypatch, "AVX512")
+    assert clip_onednn.auto_choice(tiny_hf_clip().double()).path == "pytorch"
+    assert clip_onednn.auto_choice(torch.nn.Linear(2, 2)).path == "pytorch"  # not a CLIP
+
+
+def test_auto_falls_back_when_the_measurement_fails(monkeypatch):
+    fake_cpu(monkeypatch, "AVX512", (1.0, 2.0))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("could not create a primitive")
+    monkeypatch.setattr(clip_onednn, "measure", refuse)
+    choice = clip_onednn.auto_choice(tiny_hf_clip())
+    assert choice.path == "pytorch" and "could not create a primitive" in choice.reason
+
+
+@pytest.mark.parametrize("kind", ["hf", "open_clip"])
+def test_measure_times_the_models_own_layer(kind):
+    model = tiny_hf_clip() if kind == "hf" else tiny_open_clip()
+    block = clip_onednn._sample_block(model)
+    first = (model.vision_model.encoder.layers[0].self_attn.out_proj if kind == "hf"
+             else model.visual.transformer.resblocks[0].attn.out_proj)
+    assert block is not None and block.out is first  # the live layer, not a copy
+    t_onednn, t_torch = clip_onednn.measure(block, rows=8)
+    assert 0 < t_onednn < 1 and 0 < t_torch < 1
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     return build_tiny_clip(tmp_path_factory.mktemp("onednn") / "tiny", image_size=32, seed=3)
 
 
-def test_scorer_uses_it_by_default_with_the_same_scores(clip_dir, monkeypatch):
-    images = random_uint8_images(5, 40, 48)
-    plain = load_sciscore(str(clip_dir), device="cpu", batch_size=2, onednn=False)
-    fused = load_sciscore(str(clip_dir), device="cpu", batch_size=2)
+def count_block_runs(monkeypatch) -> list[int]:
     runs = []
     real = clip_onednn._run_blocks
     monkeypatch.setattr(clip_onednn, "_run_blocks",
                         lambda x, b, **kw: runs.append(len(x)) or real(x, b, **kw))
-    expected = plain.score(images, PROMPT)
-    assert runs == []  # onednn=False keeps transformers' forward
-    got = fused.score(images, PROMPT)
-    assert runs == [1, 2, 2, 1]  # the prompt once, then one image tower call per batch
+    return runs
+
+
+# (capability, measured seconds, onednn=...) -> does oneDNN run
+@pytest.mark.parametrize("capability,seconds,setting,runs_onednn", [
+    ("AVX512", (1.0, 2.0), "auto", True),
+    ("AVX512", (2.0, 1.0), "auto", False),
+    ("AVX2", None, "auto", False),
+    ("AVX2", None, True, True),            # forced on
+    ("AVX512", (1.0, 2.0), False, False),  # forced off
+])
+def test_scorer_path_and_scores(clip_dir, monkeypatch, capability, seconds, setting,
+                                runs_onednn):
+    images = random_uint8_images(5, 40, 48)
+    expected = load_sciscore(str(clip_dir), device="cpu", onednn=False).score(images, PROMPT)
+    fake_cpu(monkeypatch, capability, seconds)
+    kwargs = {} if setting == "auto" else {"onednn": setting}
+    model = load_sciscore(str(clip_dir), device="cpu", batch_size=2, **kwargs)
+    assert model.onednn == setting  # "auto" is the default
+    runs = count_block_runs(monkeypatch)
+    got = model.score(images, PROMPT)
+    # the prompt once, then one image tower call per batch
+    assert runs == ([1, 2, 2, 1] if runs_onednn else [])
+    assert model.cpu_path().path == ("onednn" if runs_onednn else "pytorch")
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_scorer_auto_is_off_the_cpu_path_elsewhere(clip_dir, monkeypatch):
+    fake_cpu(monkeypatch, "AVX512")  # measuring would raise
+    model = load_sciscore(str(clip_dir), device="cpu")
+    model.dtype = torch.bfloat16  # as a scorer of bf16 weights has (load_sciscore keeps fp32)
+    assert model.cpu_path().path == "pytorch" and "fp32" in model.cpu_path().reason
+    model.dtype = torch.float32
+    model.module.to(torch.bfloat16)
+    assert model.cpu_path().path == "pytorch" and "fp32" in model.cpu_path().reason
+    with pytest.raises(ScienceT2IError, match="onednn"):
+        load_sciscore(str(clip_dir), device="cpu", onednn="on")
 
 
 def test_scorer_falls_back_for_good_after_a_kernel_error(clip_dir, monkeypatch, caplog):
     images = random_uint8_images(2, 32, 32)
-    model = load_sciscore(str(clip_dir), device="cpu")
     expected = load_sciscore(str(clip_dir), device="cpu", onednn=False).score(images, PROMPT)
+    fake_cpu(monkeypatch, "AVX512", (1.0, 2.0))
+    model = load_sciscore(str(clip_dir), device="cpu")  # auto, choosing oneDNN
 
     def refuse(*args, **kwargs):
         raise RuntimeError("could not create a primitive")
@@ -204,10 +330,15 @@ def test_scorer_falls_back_for_good_after_a_kernel_error(clip_dir, monkeypatch, 
         got = model.score(images, PROMPT)
     assert "oneDNN towers failed" in caplog.text and "could not create a primitive" in caplog.text
     assert model.onednn is False
+    why = "the oneDNN towers failed (could not create a primitive)"
+    assert model.cpu_path() == ("pytorch", why)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-def test_cli_flag_turns_it_off(monkeypatch, tmp_path, clip_dir):
+@pytest.mark.parametrize("flags,expected", [([], "auto"), (["--onednn", "on"], True),
+                                            (["--onednn", "off"], False),
+                                            (["--no-onednn"], False)])
+def test_cli_flags(monkeypatch, tmp_path, clip_dir, flags, expected):
     from science_t2i.training import cli
     from science_t2i.training.commands import score as score_cmd
     seen = {}
@@ -221,5 +352,5 @@ def test_cli_flag_turns_it_off(monkeypatch, tmp_path, clip_dir):
     Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "a.png")
     assert score_cmd  # the command module registers itself with the CLI
     assert cli.main(["score", str(tmp_path / "a.png"), "--prompt", PROMPT, "--model",
-                     str(clip_dir), "--device", "cpu", "--no-onednn", "--json"]) == 0
-    assert seen["onednn"] is False
+                     str(clip_dir), "--device", "cpu", "--json", *flags]) == 0
+    assert seen["onednn"] == expected and type(seen["onednn"]) is type(expected)

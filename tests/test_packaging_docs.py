@@ -406,7 +406,9 @@ def _cli_lines() -> list[tuple[str, list[str]]]:
     for doc in DOCS:
         for block in _code_blocks(_doc(doc)):
             for line in _logical_lines(block):
-                words = shlex.split(line, comments=True) if line else []
+                if "science-t2i" not in line and "science_t2i.training.cli" not in line:
+                    continue   # program output in a block need not be shell syntax
+                words = shlex.split(line, comments=True)
                 if words[:1] == ["science-t2i"]:
                     out.append((line, words[1:]))
                 elif "science_t2i.training.cli" in words:

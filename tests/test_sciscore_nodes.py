@@ -169,6 +169,26 @@ def test_save_node_writes_pngs_with_prompt_and_scores(comfy):
         node.save([images], [0.5], ["x"], ["sci/test"])
 
 
+def test_save_node_names_the_scoring_model(comfy, loaded):
+    images = random_uint8_images(2, 16, 16, seed=3)
+    out_dir = comfy.models_dir.parent / "output"
+    node = N["ScienceT2I_SaveScoredImages"]()
+
+    def model_of(path):
+        with Image.open(path) as img:
+            return json.loads(img.text["sciscore"]).get("model")
+    node.save([images], [1.0, 2.0], ["p"], ["named/a"], sciscore_model=[loaded])
+    assert model_of(out_dir / "named" / "a_00001.png") == loaded.name != ""
+    # not connected: the graph's only SciScore Loader names it
+    graph = {"3": {"class_type": "ScienceT2I_SciScoreLoader",
+                   "inputs": {"model": "SciScore", "dtype": "auto"}}}
+    node.save([images], [1.0, 2.0], ["p"], ["named/b"], graph=[graph])
+    assert model_of(out_dir / "named" / "b_00001.png") == "SciScore"
+    # unknown: left out, never written empty
+    node.save([images], [1.0, 2.0], ["p"], ["named/c"])
+    assert model_of(out_dir / "named" / "c_00001.png") is None
+
+
 def test_save_node_standalone_uses_output_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SCIENCE_T2I_OUTPUT", raising=False)
@@ -227,5 +247,5 @@ def test_cli_errors_are_clear(tmp_path, capsys, models_dir, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["--models-dir", str(models_dir), "score", str(good), "--prompt", "x"]) == 2
     err = capsys.readouterr().err
-    assert "huggingface-cli download Jialuo21/SciScore --local-dir" in err
+    assert "hf download Jialuo21/SciScore --local-dir" in err
     assert str(models_dir / "sciscore" / "SciScore") in err

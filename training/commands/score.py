@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ...nodes.errors import ScienceT2IError
 
+ONEDNN = {"auto": "auto", "on": True, "off": False}  # --onednn -> load_sciscore's onednn
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
@@ -27,8 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="exact (default): the pixels SciScore's own processor computes, as in "
                         "the paper; fast: one float resize (scores about 1e-3 off)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--no-onednn", dest="onednn", action="store_false",
-                   help="on CPU, use PyTorch's own forward instead of oneDNN's fused kernels")
+    p.add_argument("--onednn", default="auto", choices=sorted(ONEDNN),
+                   help="fp32 on CPU: run the towers through oneDNN's fused kernels where they "
+                        "are faster than PyTorch's own forward (auto, the default: decided by "
+                        "the CPU and a quick measurement, logged), always (on) or never (off)")
+    p.add_argument("--no-onednn", dest="onednn", action="store_const", const="off",
+                   help="same as --onednn off")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -63,17 +68,20 @@ def read_image(path: Path):
 
 def run(args: argparse.Namespace) -> int:
     from ...nodes.sciscore import load_sciscore, parse_prompts, preference_probabilities, rank_order
+    from ..faults import check_device
+    check_device(args.device)
     paths = collect_images(args.images)
     prompts = parse_prompts(args.prompt if len(args.prompt) > 1 else args.prompt[0], len(paths))
     images = [read_image(p) for p in paths]
     model = load_sciscore(args.model, device=args.device, dtype=args.dtype,
-                          batch_size=args.batch_size, onednn=args.onednn,
+                          batch_size=args.batch_size, onednn=ONEDNN[args.onednn],
                           preprocess=args.preprocess)
     scores = model.score(images, prompts)
     single_prompt = len(set(prompts)) == 1
     probs = preference_probabilities(scores).tolist() if single_prompt else [None] * len(paths)
     rows = [{"rank": r, "image": str(paths[i]), "score": float(scores[i]),
-             "probability": probs[i], "prompt": prompts[i]}
+             "probability": probs[i], "prompt": prompts[i],
+             "dropped_tokens": model.dropped_tokens.get(prompts[i], 0)}
             for r, i in enumerate(rank_order(scores), 1)]
     if args.json:
         print(json.dumps({"model": str(args.model), "results": rows}, indent=2))
@@ -87,4 +95,6 @@ def run(args: argparse.Namespace) -> int:
         print(line + ("" if single_prompt else f"  {r['prompt']}"))
     if single_prompt:
         print(f"prompt: {prompts[0]}")
+    for line in model.truncation_lines(prompts):
+        print(line)
     return 0
