@@ -344,9 +344,13 @@ def test_rollout_prompts_without_object(tmp_path, capsys, caplog):
 
 # ----------------------------------------------------------------------------- 10. progress bars
 
-def test_progress_false_silences_every_bar_of_a_run(tmp_path, monkeypatch, capfd):
+def test_progress_false_silences_every_bar_of_a_run(tmp_path, monkeypatch, capfd, request):
     import transformers.utils.logging as hf_logging
     monkeypatch.delenv("SCIENCE_T2I_NO_PROGRESS", raising=False)
+    # start from bars on, whatever an earlier test left, so "restored" below means something
+    if not hf_logging.is_progress_bar_enabled():
+        hf_logging.enable_progress_bar()
+        request.addfinalizer(hf_logging.disable_progress_bar)   # put back as found
     clip = build_tiny_clip(tmp_path / "clip", image_size=32, seed=0)
     data = write_science_dataset(tmp_path / "data", 4, seed=1, images_per_side=1)
     capfd.readouterr()

@@ -99,11 +99,9 @@ class _Round:
 
 
 def load_workflow(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        graph = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ScienceT2IError(f"cannot read the rollout workflow {path}: {exc}") from exc
+    """The rollout graph, read as ``validate-workflow`` reads workflows; API format only."""
+    from .workflow_check import load_workflow as read_workflow
+    graph = read_workflow(path)
     if not isinstance(graph, dict) or not all(isinstance(n, dict) and "class_type" in n
                                               for n in graph.values()):
         raise ScienceT2IError(f"{path} is not an API-format ComfyUI workflow (node id -> "

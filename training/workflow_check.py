@@ -152,17 +152,12 @@ def load_node_defs() -> NodeDefs:
 # ----------------------------------------------------------------------------- loading
 
 def load_workflow(path: str | Path) -> dict:
+    from .faults import read_json
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScienceT2IError(f"workflow file {path} does not exist") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScienceT2IError(f"workflow file {path} is not valid JSON ({exc}); save it again "
-                              "from ComfyUI (Workflow > Export or Export (API))") from None
-    except RecursionError:
-        raise ScienceT2IError(f"workflow file {path} is nested too deeply to read; it is not a "
-                              "ComfyUI workflow: save it again from ComfyUI") from None
+    if not path.is_file():
+        raise ScienceT2IError(f"workflow file {path} does not exist")
+    data = read_json(path, "workflow file", fix="save it again from ComfyUI (Workflow > "
+                     "Export or Export (API))")
     if not isinstance(data, dict):
         raise ScienceT2IError(f"workflow file {path} holds a {type(data).__name__}, not a "
                               "workflow object")
