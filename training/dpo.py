@@ -225,8 +225,8 @@ class DPOTrainer(LoraTrainer):
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> "DPOTrainer":
-        from .flux_model import (FluxEncoders, load_transformer,
-                                 resolve_flux_dir, vae_scale_factor)
+        from .flux_model import (FluxEncoders, load_transformer, resolve_flux_dir,
+                                 scheduler_config, vae_scale_factor)
         from .rollouts import load_rollout_prompts
 
         cfg = self.cfg
@@ -267,7 +267,7 @@ class DPOTrainer(LoraTrainer):
         self.setup_lora(transformer, self.estimated_steps(),
                         start_from=self.sft_lora if self.continuing else None)
         self._img_ids: dict[tuple[int, int], torch.Tensor] = {}
-        self.scheduler_config = dict(_scheduler_config(self.model_dir))
+        self.scheduler_config = scheduler_config(self.model_dir)
         self.source = self._make_source()
         self.restore()
         return self
@@ -657,11 +657,6 @@ class DPOTrainer(LoraTrainer):
                     self.save_checkpoint()
         finally:
             bar.close()
-
-
-def _scheduler_config(model_dir: Path) -> dict:
-    f = model_dir / "scheduler" / "scheduler_config.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
 
 
 def train_dpo(cfg: DPOConfig, resume: bool = False, comfy_servers: list[str] | None = None) -> Path:

@@ -149,6 +149,12 @@ def vae_scale_factor(model_dir: Path) -> int:
     return 2 ** (len(cfg["block_out_channels"]) - 1)
 
 
+def scheduler_config(model_dir: Path) -> dict:
+    """The FLUX folder's scheduler/scheduler_config.json ({} when absent: diffusers' defaults)."""
+    f = Path(model_dir) / "scheduler" / "scheduler_config.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def load_transformer(model_dir: Path, dtype: torch.dtype, device: torch.device) -> Any:
     from diffusers import FluxTransformer2DModel
     model = FluxTransformer2DModel.from_pretrained(str(model_dir), subfolder="transformer",

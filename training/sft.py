@@ -209,7 +209,6 @@ class SFTTrainer(LoraTrainer):
             self.cache = None
             self.items = records
             self.sample_keys = {}
-            from .latent_cache import load_image_tensor
             for rec in records:  # fail now, not mid-run, on a bad image
                 if not rec.implicit_prompts:
                     raise ScienceT2IError(f"record {rec.index} has no implicit prompt.")
@@ -441,9 +440,8 @@ class SFTTrainer(LoraTrainer):
 
 def _discrete_levels(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's scheduler training table (``flux_math.discrete_levels``)."""
-    import json
-    f = model_dir / "scheduler" / "scheduler_config.json"
-    sc = json.loads(f.read_text()) if f.is_file() else {}
+    from .flux_model import scheduler_config
+    sc = scheduler_config(model_dir)
     return discrete_levels(int(sc.get("num_train_timesteps", 1000)), float(sc.get("shift", 1.0)),
                            bool(sc.get("use_dynamic_shifting", True)))
 
