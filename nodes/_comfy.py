@@ -31,6 +31,7 @@ MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "sciscore": ("sciscore", {".safetensors", "folder"}),
     "grounding-dino": ("grounding-dino", {".safetensors", ".pth", "folder"}),
     "LLM": ("LLM", {"folder"}),
+    "vlm": ("vlm", {"folder"}),  # multimodal judges (image-text-to-text models)
     "bert-base-uncased": ("bert-base-uncased", {"folder"}),  # GroundingDINO .pth text encoder
 }
 # Folders that belong to ComfyUI itself; standalone we mirror its layout.
