@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
-EXPECTED = {"score_and_rank", "implicit_vs_explicit", "subject_mask", "science_lora"}
+EXPECTED = {"score_and_rank", "implicit_vs_explicit", "subject_mask", "science_lora",
+            "science_judge"}
 
 
 @pytest.fixture(scope="module")
