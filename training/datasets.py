@@ -321,6 +321,18 @@ def load_records(path: str | Path, split: str | None = None,
     return [_to_record(row, i, base, require) for i, row in enumerate(rows)]
 
 
+def read_rows(path: str | Path, split: str | None = None) -> tuple[list[dict], Path]:
+    """The raw rows of ``split`` in any supported layout, and the folder that relative image
+    paths start from (for datasets with other fields, e.g. SciGenBench's)."""
+    return _read_raw(Path(path), split)
+
+
+def images_field(value: Any, base: Path, index: int, name: str) -> list[ImageRef]:
+    """An image field (path, bytes, {'bytes', 'path'} or a list of them) as references;
+    a named file that does not exist is an error naming the record and field."""
+    return _images(value, base, index, name)
+
+
 def write_jsonl_dataset(records: list[dict], folder: Path) -> Path:
     """Write records as ``folder/data.jsonl`` plus ``folder/images/``; returns the JSONL path.
 

@@ -29,6 +29,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="exact (default): the pixels SciScore's own processor computes, as in "
                         "the paper; fast: one float resize (scores about 1e-3 off)")
     p.add_argument("--batch-size", type=int, default=16)
+    j = p.add_argument_group(
+        "multimodal judges (the paper's LMM baseline)",
+        "Each judge sees the implicit prompt and both images and names the one that fits, "
+        "asked in both image orders; its accuracy is the mean of the two orders' (the "
+        "reference's eval_lmm.py), printed as a column beside SciScore.")
+    j.add_argument("--judge", action="append", default=None,
+                   metavar="local:MODEL|openai:MODEL",
+                   help="a judge: local:<folder in models/vlm, path or Hub id> or "
+                        "openai:<model> with --base-url; repeatable")
+    j.add_argument("--base-url", default=None, help="endpoint of openai: judges")
+    j.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the endpoint's key")
+    j.add_argument("--timeout", type=float, default=120.0, help="seconds per judge call")
+    j.add_argument("--retries", type=int, default=3, help="tries per judge call")
+    j.add_argument("--judge-parse", default="robust", choices=["robust", "strict"],
+                   help="robust (default): read the choice from any reply shape; strict: "
+                        "the reference's rule, only the exact JSON it asked for counts")
+    j.add_argument("--judge-only", action="store_true",
+                   help="evaluate the judges without SciScore")
     p.set_defaults(func=run)
 
 
@@ -50,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         if args.limit < 1:
             raise ScienceT2IError(f"--limit must be at least 1, got {args.limit}.")
         records = records[:args.limit]
-    models = args.model or [DEFAULT_SCISCORE]
+    models = [] if args.judge_only else (args.model or [DEFAULT_SCISCORE])
+    if args.judge_only and not args.judge:
+        raise ScienceT2IError("--judge-only needs at least one --judge.")
     results: dict[str, dict] = {}
     for name in models:
         scorer = load_sciscore(name, device=args.device, dtype=args.dtype,
@@ -61,8 +82,28 @@ def run(args: argparse.Namespace) -> int:
         results[label] = reward_accuracy(records, scorer,
                                          batch_records=max(1, args.batch_size // 2))
         del scorer
+    notes = []
+    for spec in args.judge or []:
+        from ...nodes.judge_backends import backend_from_spec
+        from ..judge_cache import JudgeCache
+        from ..judge_pairs import judge_pair_accuracy
+        backend = backend_from_spec(spec, base_url=args.base_url, api_key_env=args.api_key_env,
+                                    timeout=args.timeout, retries=args.retries)
+        table = judge_pair_accuracy(records, backend, strict=args.judge_parse == "strict",
+                                    cache=JudgeCache(out / "judge_cache.jsonl"))
+        results[f"judge {spec}"] = table
+        o = table["overall"]
+        notes.append(f"- judge {spec}: image-1 first {100 * o['forward_accuracy']:.1f}%, "
+                     f"swapped {100 * o['reverse_accuracy']:.1f}%, right in both orders "
+                     f"{100 * o['consistent']:.1f}%; {len(table['unparseable'])} unparseable "
+                     f"replies (counted wrong), {len(table['failures'])} records left out "
+                     "after failed calls (run again to retry them).")
     title = f"Reward accuracy on {args.dataset}" + (f" ({args.split})" if args.split else "")
     markdown = reward_markdown(results, title)
+    if notes:
+        markdown += ("\n## Judges\n\nJudge accuracy is the mean of both image orders "
+                     "(eval_lmm.py); SciScore's is the share of records where the explicit "
+                     "image scores higher.\n\n" + "\n".join(notes) + "\n")
     chart = bar_chart_png({m: {t: v["accuracy"] * 100 for t, v in r["by_task"].items()}
                            for m, r in results.items()}, title, "accuracy (%)") if charts else None
     data = {"dataset": str(args.dataset), "split": args.split, "records": len(records),
