@@ -1,0 +1,152 @@
+"""``science-t2i eval-scigen``: SciGenBench's evaluation of generated scientific images."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval-scigen", help="SciGenBench evaluation: inverse quiz validation, LMM judge, "
+                            "PSNR/SSIM/CLIP/FID",
+        description="Evaluate folders of generated images (<record id>.png) on SciGenBench "
+                    "records: R_inv (quizzes answered from the image alone), the five 0-2 "
+                    "judge dimensions, and PSNR/SSIM/CLIP score/FID where a record has a real "
+                    "image. Tables per image type and subject go to --out as "
+                    "scigen_eval.{json,md} and scigen_eval_per_task.png. Judge replies are "
+                    "cached in --out, so an interrupted run resumes.")
+    p.add_argument("--records", required=True,
+                   help="SciGenBench records: save_to_disk folder, parquet or JSON/JSONL")
+    p.add_argument("--split", default=None, help="split to evaluate (needed if several)")
+    p.add_argument("--source", default=None,
+                   help="keep only records whose 'source' is this (scigen, seephys)")
+    p.add_argument("--images", action="append", required=True, metavar="[NAME=]DIR",
+                   help="folder of generated images named by record id (an ImgCoder or FLUX "
+                        "output folder); repeat to compare several")
+    p.add_argument("--judge", default=None, metavar="local:MODEL|openai:MODEL",
+                   help="the multimodal judge (needed for the quiz and judge metrics)")
+    p.add_argument("--base-url", default=None, help="endpoint of an openai: judge")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the endpoint's key")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge call")
+    p.add_argument("--retries", type=int, default=3, help="tries per judge call")
+    p.add_argument("--workers", type=int, default=1,
+                   help="records asked at once (for remote judges)")
+    p.add_argument("--metrics", default="quiz,judge,standard",
+                   help="comma list of quiz, judge, standard")
+    p.add_argument("--grader", default="parse", choices=["parse", "judge"],
+                   help="free-form quiz answers: compared by the parser (numbers, units, "
+                        "text) or graded by the judge model (SciGenBench's verification step)")
+    p.add_argument("--missing", default="fail", choices=["fail", "skip"],
+                   help="a record without a generated image: fail (all quizzes wrong, scores "
+                        "0) or skip (left out, as SciGenBench's scripts do)")
+    p.add_argument("--clip-model", default="openai/clip-vit-base-patch16",
+                   help="CLIP for the CLIP score: a local folder or a Hub id")
+    p.add_argument("--fid-weights", default=None,
+                   help="local file of FID's InceptionV3 weights (pt_inception-2015-12-05)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--out", default="science_t2i_scigen", help="output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...nodes import _comfy
+    from ...nodes.errors import ScienceT2IError
+    from ...nodes.judge_backends import backend_from_spec
+    from ..evaluate import bar_chart_png, charts_available, write_report
+    from ..faults import check_device, check_output_dir, require_modules
+    from ..judge_cache import JudgeCache
+    from ..scigen_data import load_scigen_records, parse_image_sets
+    from ..scigen_eval import (METRICS, add_standard_metrics, judge_image_set, scigen_markdown,
+                               summarise, summarise_groups, unparseable)
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown or not metrics:
+        raise ScienceT2IError(f"--metrics {args.metrics!r}: use a comma list of {METRICS}.")
+    judged = [m for m in metrics if m in ("quiz", "judge")]
+    if judged and not args.judge:
+        raise ScienceT2IError(f"--metrics {','.join(judged)} needs a judge: pass --judge "
+                              "local:MODEL or --judge openai:MODEL --base-url URL, or "
+                              "--metrics standard.")
+    for flag, value in (("--workers", args.workers), ("--retries", args.retries)):
+        if value < 1:
+            raise ScienceT2IError(f"{flag} must be at least 1, got {value}.")
+    device = check_device(args.device)
+    out = check_output_dir(args.out, "--out")
+    image_sets = parse_image_sets(args.images)
+    records = load_scigen_records(args.records, args.split, args.source)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ScienceT2IError(f"--limit must be at least 1, got {args.limit}.")
+        records = records[:args.limit]
+    with_real = sum(r.real_image is not None for r in records)
+    standard = "standard" in metrics and with_real > 0
+    if "standard" in metrics and not with_real:
+        print("note: no record has a real image; PSNR/SSIM/CLIP/FID are skipped")
+    if standard:
+        require_modules(["torchmetrics"] + ([] if args.no_fid else ["torch_fidelity"]),
+                        "the standard metrics (PSNR/SSIM/CLIP/FID)",
+                        ", or leave them out with --metrics quiz,judge")
+    charts = charts_available()
+
+    backend = grader = None
+    if judged:
+        backend = backend_from_spec(args.judge, base_url=args.base_url,
+                                    api_key_env=args.api_key_env, timeout=args.timeout,
+                                    retries=args.retries)
+        grader = backend if args.grader == "judge" else None
+    cache = JudgeCache(out / "judge_cache.jsonl")
+    quizzes = {r.id: len(r.quizzes) for r in records}
+    results: dict[str, dict] = {}
+    for name, folder in image_sets.items():
+        if judged:
+            rows = judge_image_set(records, folder, backend, cache, metrics=judged,
+                                   grader=grader, workers=args.workers, desc=f"judging {name}")
+        else:
+            from ..scigen_data import find_generated
+            rows = [{"id": r.id, "image_type": r.image_type, "subject": r.subject,
+                     "status": "ok" if find_generated(folder, r.id) else "missing",
+                     "image": str(find_generated(folder, r.id) or "") or None}
+                    for r in records]
+        std_summary = None
+        if standard:
+            from ..scigen_metrics import StandardMetrics
+            engine = StandardMetrics(clip_model=args.clip_model, fid_weights=args.fid_weights,
+                                     fid=not args.no_fid,
+                                     device=str(_comfy.torch_device()) if device == "auto"
+                                     else device)
+            std_summary = add_standard_metrics(rows, records, engine)
+        kw = {"missing": args.missing, "quizzes_of": quizzes.__getitem__}
+        results[name] = {"folder": str(folder), "overall": summarise(rows, **kw),
+                         "by_image_type": summarise_groups(rows, "image_type", **kw),
+                         "by_subject": summarise_groups(rows, "subject", **kw),
+                         "standard": std_summary, "unparseable": unparseable(rows),
+                         "failures": [{"id": r["id"], "status": r["status"],
+                                       "error": r.get("error", "")}
+                                      for r in rows if r["status"] != "ok"],
+                         "records": rows}
+    title = f"SciGenBench evaluation of {args.records}" + (f" ({args.split})" if args.split
+                                                           else "")
+    markdown = scigen_markdown(results, title)
+    chart = None
+    if charts and "quiz" in metrics:
+        chart = bar_chart_png({n: {t: (v["r_inv"] or 0.0) * 100
+                                   for t, v in r["by_image_type"].items()}
+                               for n, r in results.items()}, title, "R_inv (%)")
+    data = {"records_file": str(args.records), "split": args.split, "source": args.source,
+            "judge": backend.name if backend else None, "metrics": metrics,
+            "missing": args.missing, "grader": args.grader, "records": len(records),
+            "cache": {"file": str(cache.path), "replies": len(cache), "reused": cache.hits},
+            "sets": results}
+    paths = write_report(out, "scigen_eval", data, markdown, chart, setting="--out")
+    print(markdown)
+    failed = sum(r["overall"]["judge_error"] for r in results.values())
+    if failed:
+        print(f"warning: {failed} record(s) had judge calls fail after {args.retries} tries "
+              "and are left out; their errors are in scigen_eval.json ('failures'). Run the "
+              "same command again to ask only those.")
+    print("written: " + ", ".join(str(p) for p in paths))
+    return 0
