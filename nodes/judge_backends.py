@@ -268,6 +268,8 @@ class LocalBackend(JudgeBackend):
             inputs, tokenizer = self._text_inputs(loaded, parts, system)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
+        max_new_tokens = self._fit_context(loaded, inputs["input_ids"].shape[1],
+                                           int(max_new_tokens))
         with loaded.lock:
             _comfy.check_interrupt()
             _comfy.load_to_device(loaded.handle)
@@ -281,6 +283,25 @@ class LocalBackend(JudgeBackend):
                     pad_token_id=pad, stopping_criteria=_interrupt_criteria())
         new = out[0, inputs["input_ids"].shape[1]:]
         return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    def _fit_context(self, loaded: _Loaded, prompt_tokens: int, wanted: int) -> int:
+        """New tokens that fit the model's context window: fewer than asked (logged) when the
+        prompt leaves less room, an error when the prompt alone fills it."""
+        config = loaded.model.config
+        text_config = getattr(config, "get_text_config", lambda: config)()
+        limit = next((getattr(c, k) for c in (text_config, config)
+                      for k in ("max_position_embeddings", "n_positions")
+                      if isinstance(getattr(c, k, None), int)), None)
+        if limit is None or prompt_tokens + wanted <= limit:
+            return wanted
+        room = limit - prompt_tokens
+        if room < 1:
+            raise ScienceT2IError(
+                f"the prompt is {prompt_tokens} tokens, and {self.source} reads at most {limit}; "
+                "shorten the text or use a model with a longer context.")
+        log.info("judge %s: %d new tokens asked but the context leaves %d; generating %d",
+                 self.name, wanted, room, room)
+        return room
 
     def _multimodal_inputs(self, loaded: _Loaded, parts: list[Part],
                            system: str | None) -> tuple[Any, Any]:
