@@ -8,7 +8,7 @@ import logging
 log = logging.getLogger("science_t2i")
 
 # Capability modules that define nodes, in menu order.
-NODE_MODULES: list[str] = ["sciscore", "metrics", "prompts", "lora", "masks", "judge"]
+NODE_MODULES: list[str] = ["sciscore", "metrics", "prompts", "lora", "masks", "judge", "imgcoder"]
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

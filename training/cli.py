@@ -16,7 +16,7 @@ from ..nodes.errors import ScienceT2IError
 from .faults import disk_full_error, is_disk_full
 
 # Subcommand modules, in help order.
-COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "eval_scigen", "validate_workflow", "sft", "train_sciscore", "dpo"]
+COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "eval_scigen", "imgcoder", "validate_workflow", "sft", "train_sciscore", "dpo"]
 
 # exit status of a command whose output pipe was closed early (`... | head`): a shell's
 # 128 + SIGPIPE, what a tool killed by the signal reports

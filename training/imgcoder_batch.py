@@ -1,0 +1,105 @@
+"""ImgCoder over a file of problems, resumable, into a folder eval-scigen reads directly.
+
+Output layout (``out``): ``<id>.png`` per figure drawn, ``codes/<id>.py`` and
+``plans/<id>.md`` for every problem tried (failed ones too, to inspect or edit), and
+``imgcoder.jsonl`` with one line per problem and attempt run (ok, attempts, error, seconds).
+A re-run skips ids whose PNG exists and tries the failed ones again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..nodes import _comfy
+from ..nodes.errors import ScienceT2IError
+from ..nodes.figure_sandbox import SandboxLimits
+from ..nodes.files import write_bytes_atomic
+from ..nodes.imgcoder import draw_figure
+from .scigen_data import TEXT_KEYS
+from .scigen_eval import EtaLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    text: str
+    image_type: str = ""
+
+
+def load_problems(path: str | Path) -> list[Problem]:
+    """Problems from a .txt file (one per line, id = line number) or any record layout with a
+    problem text field (SciGenBench records: id, question / original_question, image_type)."""
+    import re
+
+    from .datasets import read_rows
+    path = Path(path)
+    if path.suffix == ".txt":
+        from .faults import read_text
+        lines = read_text(path, "prompts file").splitlines()
+        problems = [Problem(str(n), line.strip()) for n, line in enumerate(lines, 1)
+                    if line.strip()]
+    else:
+        rows, _ = read_rows(path, None)
+        problems = []
+        for i, row in enumerate(rows):
+            rid = str(row.get("id", i)).strip()
+            text = next((row[k].strip() for k in TEXT_KEYS
+                         if isinstance(row.get(k), str) and row[k].strip()), None)
+            if text is None:
+                raise ScienceT2IError(f"{path} record {rid}: no problem text in any of "
+                                      f"{list(TEXT_KEYS)}.")
+            if not re.fullmatch(r"[\w.\-]+", rid):
+                raise ScienceT2IError(f"{path} record {i}: id {rid!r} cannot name a file; use "
+                                      "letters, digits, '_', '-' and '.'.")
+            problems.append(Problem(rid, text, str(row.get("image_type") or "")))
+    if not problems:
+        raise ScienceT2IError(f"{path} holds no problems.")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ScienceT2IError(f"{path}: the id {dup!r} appears more than once; ids name the "
+                              "output files.")
+    return problems
+
+
+def run_imgcoder(problems: list[Problem], backend: Any, out: Path, *, width: int, height: int,
+                 dpi: int, repairs: int, limits: SandboxLimits | None = None,
+                 draw: Callable[..., Any] = draw_figure) -> dict:
+    """Draw every problem whose PNG is not there yet; returns counts."""
+    out = Path(out)
+    for sub in ("codes", "plans"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    todo = [p for p in problems if not (out / f"{p.id}.png").is_file()]
+    done_before = len(problems) - len(todo)
+    if done_before:
+        log.info("imgcoder: %d of %d figures already drawn in %s; drawing the other %d",
+                 done_before, len(problems), out, len(todo))
+    counts = {"problems": len(problems), "skipped": done_before, "drawn": 0, "failed": 0}
+    eta = EtaLog(len(todo), "imgcoder")
+    with _comfy.Progress(len(todo), desc="imgcoder") as bar:
+        for p in todo:
+            start = time.monotonic()
+            result = draw(backend, p.text, image_type=p.image_type, width=width, height=height,
+                          dpi=dpi, repairs=repairs, limits=limits)
+            write_bytes_atomic(out / "plans" / f"{p.id}.md", result.plan.encode("utf-8"))
+            write_bytes_atomic(out / "codes" / f"{p.id}.py", result.code.encode("utf-8"))
+            if result.ok:
+                write_bytes_atomic(out / f"{p.id}.png", result.png)
+                counts["drawn"] += 1
+            else:
+                counts["failed"] += 1
+            entry = {"id": p.id, "ok": result.ok, "attempts": result.attempts,
+                     "error": result.error, "seconds": round(time.monotonic() - start, 3),
+                     "model": getattr(backend, "name", "?")}
+            with open(out / "imgcoder.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            bar.update(1)
+            eta.step()
+            _comfy.check_interrupt()
+    return counts
