@@ -21,7 +21,7 @@ WORKFLOWS = ROOT / "workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
 EXPECTED = {"score_and_rank", "implicit_vs_explicit", "subject_mask", "science_lora",
-            "science_judge"}
+            "science_judge", "flux_vs_imgcoder"}
 
 
 @pytest.fixture(scope="module")
