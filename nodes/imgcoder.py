@@ -167,6 +167,8 @@ def _blank_image(width: int, height: int):
 
 
 SIZE = {"default": 1024, "min": 64, "max": 8192, "step": 8}
+# the sandbox limits the nodes render under (one place to change them, e.g. in tests)
+NODE_LIMITS = SandboxLimits()
 
 
 class ImgCoderNode:
@@ -197,7 +199,7 @@ class ImgCoderNode:
     def draw(self, model, prompt, image_type, width, height, dpi, repairs):
         with _comfy.Progress(repairs + 3, desc="ImgCoder") as bar:
             result = draw_figure(model, prompt, image_type=image_type, width=width,
-                                 height=height, dpi=dpi, repairs=repairs,
+                                 height=height, dpi=dpi, repairs=repairs, limits=NODE_LIMITS,
                                  on_step=lambda _: bar.update(1))
         log_text = "\n".join(result.log)
         if not result.ok:
@@ -235,7 +237,7 @@ class RenderFigureCodeNode:
         problems = check_code(code)
         if problems:
             raise ScienceT2IError("the code was refused before running: " + "; ".join(problems))
-        result = render_figure(code, width=width, height=height, dpi=dpi)
+        result = render_figure(code, width=width, height=height, dpi=dpi, limits=NODE_LIMITS)
         if not result.ok:
             raise ScienceT2IError(f"the figure code failed in the sandbox: {result.error}")
         log_text = f"rendered {result.width}x{result.height} px in {result.seconds:.2f} s"

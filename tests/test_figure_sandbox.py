@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("matplotlib")
 from PIL import Image
 from science_t2i.nodes import figure_sandbox as fs
 from science_t2i.nodes.errors import ScienceT2IError
@@ -400,3 +399,24 @@ def test_exits_without_a_status_line_are_explained(state, code, cpu, message):
 
     source = "x = 0\nwhile True: x += 1\n"
     assert re.search(message, fs._explain_exit(Child(), state, code, cpu, FAST, source))
+
+
+def test_the_render_node_survives_every_hostile_program(pool, sentinel, monkeypatch):
+    """Render Figure Code called as ComfyUI calls it: each program ends in the node's error
+    (refused before running, or failed in the sandbox), never in a crash of this process,
+    and the next graph still renders."""
+    from science_t2i.nodes import imgcoder
+    monkeypatch.setattr(fs, "default_pool", lambda: pool)
+    node = imgcoder.RenderFigureCodeNode()
+    outcomes = {}
+    for case in HOSTILE:
+        monkeypatch.setattr(imgcoder, "NODE_LIMITS", case.limits)
+        with pytest.raises(ScienceT2IError) as err:
+            getattr(node, node.FUNCTION)(code=_fill(case.code, sentinel), **SMALL)
+        outcomes[case.name] = "refused" if "refused before running" in str(err.value) else \
+            "failed" if "failed in the sandbox" in str(err.value) else str(err.value)
+        assert not (sentinel / "pwned.txt").exists(), case.name
+    assert set(outcomes.values()) == {"refused", "failed"}, outcomes
+    assert sum(v == "refused" for v in outcomes.values()) == sum(1 for c in HOSTILE if c.static)
+    image, _ = node.render("import matplotlib.pyplot as plt\nplt.figure()\n", **SMALL)
+    assert tuple(image.shape) == (1, 240, 320, 3)
