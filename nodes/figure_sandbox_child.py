@@ -616,7 +616,41 @@ def _read_roots() -> dict:
 
 # ----------------------------------------------------------------------------- lock-down
 
-def _apply_limits(limits: dict, folder: str) -> None:
+def _others_can_read(roots: dict) -> bool:
+    """Whether a process without root's rights (``nobody``) can still reach what the code's
+    libraries read lazily: every folder on the way to the package and stdlib roots must be
+    searchable by others, and the font files readable. A Python installed under /root (mode
+    0700), or a checkout under a private mktemp folder, fails this: dropping to nobody there
+    would break matplotlib's own font lookups, so such a child keeps root's uid and relies on
+    the other guards."""
+    import stat as st
+    seen: set = set()
+
+    def reachable(path: str, want: int) -> bool:
+        parts = path.rstrip("/").split("/")
+        for i in range(2, len(parts) + 1):
+            here = "/".join(parts[:i]) or "/"
+            last = i == len(parts)
+            if here in seen and not last:
+                continue
+            try:
+                mode = os.stat(here).st_mode
+            except OSError:
+                return True  # a root that does not exist needs no access
+            need = want if last else st.S_IXOTH
+            if st.S_ISDIR(mode) and last:
+                need = st.S_IXOTH | st.S_IROTH
+            if mode & need != need:
+                return False
+            seen.add(here)
+        return True
+
+    folders = list(roots["package_roots"]) + list(roots["stdlib_roots"])
+    return all(reachable(p, st.S_IXOTH) for p in folders) and \
+        all(reachable(f, st.S_IROTH) for f in roots["font_files"])
+
+
+def _apply_limits(limits: dict, folder: str, drop_root: bool = True) -> None:
     import resource
     mb = 1 << 20
 
@@ -637,7 +671,7 @@ def _apply_limits(limits: dict, folder: str) -> None:
     # a backstop 1-2 s past the exact ITIMER_PROF limit: SIGXCPU at soft, SIGKILL at hard
     soft = int(used.ru_utime + used.ru_stime + limits["cpu_seconds"]) + 2
     cap(resource.RLIMIT_CPU, soft, soft + 1)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and drop_root:
         # root ignores RLIMIT_NPROC and file permissions: become nobody for the code's run
         # (best effort: a container may deny it; the audit hook and scrubbing still apply)
         try:
@@ -830,7 +864,7 @@ def _run(request: dict, prepared: dict) -> dict:
     # a write past RLIMIT_FSIZE then fails with EFBIG, which numpy may re-word: remember it
     signal.signal(signal.SIGXFSZ, lambda signum, frame: wrote_too_much.append(True))
     signal.signal(signal.SIGALRM, on_wall)
-    _apply_limits(limits, folder)
+    _apply_limits(limits, folder, prepared["drop_root"])
     os.environ.clear()
     violations: list = []
     import _thread
@@ -895,6 +929,7 @@ def main() -> int:
 
     try:  # everything that does not depend on the request happens before READY
         prepared = {"modules": _warm_up(), "scrub": _scrub_targets(), "roots": _read_roots()}
+        prepared["drop_root"] = _others_can_read(prepared["roots"])
     except BaseException as exc:  # noqa: BLE001 -- e.g. matplotlib missing: the parent says so
         send({"ok": False, "kind": "startup", "error": f"{type(exc).__name__}: {exc}"})
         return 3

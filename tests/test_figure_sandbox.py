@@ -420,3 +420,35 @@ def test_the_render_node_survives_every_hostile_program(pool, sentinel, monkeypa
     assert sum(v == "refused" for v in outcomes.values()) == sum(1 for c in HOSTILE if c.static)
     image, _ = node.render("import matplotlib.pyplot as plt\nplt.figure()\n", **SMALL)
     assert tuple(image.shape) == (1, 240, 320, 3)
+
+
+def test_root_is_dropped_only_where_others_can_reach_the_libraries():
+    """Dropping to nobody must not cut the code's libraries off their own files: a Python
+    under a private folder (/root is 0700, mktemp folders too) keeps root's uid instead."""
+    import stat
+    import tempfile
+
+    from science_t2i.nodes.figure_sandbox_child import _others_can_read
+    base = Path(tempfile.mkdtemp(prefix="sandbox-perm-"))
+    try:
+        lib = base / "lib" / "matplotlib"
+        lib.mkdir(parents=True)
+        font = lib / "font.ttf"
+        font.write_bytes(b"\0")
+        for p in (base, base / "lib", lib):
+            p.chmod(0o755)
+        font.chmod(0o644)
+        roots = {"package_roots": (str(lib),), "stdlib_roots": (), "font_files": {str(font)}}
+        assert _others_can_read(roots)
+        font.chmod(0o600)
+        assert not _others_can_read(roots)                   # a font only root can read
+        font.chmod(0o644)
+        base.chmod(0o700)
+        assert not _others_can_read(roots)                   # a private folder on the way
+        base.chmod(0o755)
+        missing = {**roots, "package_roots": (str(lib), str(base / "numpy.libs"))}
+        assert _others_can_read(missing)                     # absent roots need no access
+    finally:
+        base.chmod(stat.S_IRWXU)
+        import shutil
+        shutil.rmtree(base)
