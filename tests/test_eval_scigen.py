@@ -248,3 +248,33 @@ def test_standard_metrics_on_records_with_a_real_image(tmp_path, capsys):
     assert s1["clip"] == pytest.approx(clip_alone, rel=1e-5)
     assert report["standard"]["pairs"] == 1 and report["standard"]["fid"] is None
     assert "| PSNR | " + f"{expected.psnr:.2f}" in capsys.readouterr().out
+
+
+def test_real_images_from_a_folder_and_excluded_ids(tmp_path):
+    """SciGenBench keeps SeePhys' real figures beside the records (seephys_images/<id>.png)
+    and its hard mode leaves listed ids out."""
+    from science_t2i.training.scigen_metrics import pixel_metrics
+    from tiny_clip import build_tiny_clip
+    clip = build_tiny_clip(tmp_path / "clip")
+    real_dir, gen = tmp_path / "seephys_images", tmp_path / "gen"
+    real_dir.mkdir()
+    gen.mkdir()
+    rows = [{"id": str(i), "question": f"figure {i}", "answer": "1", "source": "seephys"}
+            for i in (1, 2, 3)]
+    data = tmp_path / "scigenbench.json"
+    data.write_text(json.dumps(rows))
+    for i in (1, 2, 3):
+        Image.new("RGB", (24, 24), (60 * i, 10, 10)).save(real_dir / f"{i}.png")
+        Image.new("RGB", (24, 24), (60 * i + 5, 10, 10)).save(gen / f"{i}.png")
+    (tmp_path / "perfect.txt").write_text("2\n")
+    out = tmp_path / "out"
+    assert main(["eval-scigen", "--records", str(data), "--source", "seephys", "--images",
+                 str(gen), "--real-images", str(real_dir), "--exclude-ids",
+                 str(tmp_path / "perfect.txt"), "--metrics", "standard", "--clip-model",
+                 str(clip), "--no-fid", "--out", str(out)]) == 0
+    report = json.loads((out / "scigen_eval.json").read_text())
+    assert report["records"] == 2
+    s = report["sets"]["gen"]
+    assert [r["id"] for r in s["records"]] == ["1", "3"]
+    expected = pixel_metrics(Image.open(gen / "3.png"), Image.open(real_dir / "3.png"))
+    assert s["records"][1]["psnr"] == pytest.approx(expected.psnr)

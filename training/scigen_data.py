@@ -181,6 +181,21 @@ def find_generated(folder: Path, record_id: str) -> Path | None:
     return None
 
 
+def attach_real_images(records: list[SciGenRecord], folder: Path) -> int:
+    """Give records without a real image the one named by their id in ``folder`` (how
+    SciGenBench keeps SeePhys' figures: data/seephys_images/<id>.png); returns how many."""
+    if not folder.is_dir():
+        raise ScienceT2IError(f"--real-images {folder} is not a folder of <record id>.png.")
+    count = 0
+    for record in records:
+        if record.real_image is None:
+            path = find_generated(folder, record.id)
+            if path is not None:
+                record.real_image = ImageRef(path=path, label=str(path))
+                count += 1
+    return count
+
+
 def parse_image_sets(specs: list[str]) -> dict[str, Path]:
     """``--images`` values: ``DIR`` or ``NAME=DIR`` -> {name: folder}."""
     out: dict[str, Path] = {}

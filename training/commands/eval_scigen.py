@@ -20,6 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="split to evaluate (needed if several)")
     p.add_argument("--source", default=None,
                    help="keep only records whose 'source' is this (scigen, seephys)")
+    p.add_argument("--real-images", default=None, metavar="DIR",
+                   help="real figures named by record id (<id>.png), for records whose own "
+                        "'image' field is empty: SciGenBench's data/seephys_images")
+    p.add_argument("--exclude-ids", default=None, metavar="FILE",
+                   help="a file of record ids (one per line) to leave out, e.g. SciGenBench's "
+                        "perfect_image_seephys.txt for its hard mode")
     p.add_argument("--images", action="append", required=True, metavar="[NAME=]DIR",
                    help="folder of generated images named by record id (an ImgCoder or FLUX "
                         "output folder); repeat to compare several")
@@ -78,6 +84,17 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     image_sets = parse_image_sets(args.images)
     records = load_scigen_records(args.records, args.split, args.source)
+    if args.exclude_ids:
+        from ..faults import read_text
+        drop = {line.strip() for line in read_text(args.exclude_ids, "--exclude-ids file")
+                .splitlines() if line.strip()}
+        records = [r for r in records if r.id not in drop]
+        if not records:
+            raise ScienceT2IError(f"--exclude-ids {args.exclude_ids} leaves no record.")
+    if args.real_images:
+        from ..scigen_data import attach_real_images
+        attached = attach_real_images(records, Path(args.real_images))
+        print(f"real images: {attached} of {len(records)} records found in {args.real_images}")
     if args.limit is not None:
         if args.limit < 1:
             raise ScienceT2IError(f"--limit must be at least 1, got {args.limit}.")
@@ -107,10 +124,10 @@ def run(args: argparse.Namespace) -> int:
                                    grader=grader, workers=args.workers, desc=f"judging {name}")
         else:
             from ..scigen_data import find_generated
+            found = {r.id: find_generated(folder, r.id) for r in records}
             rows = [{"id": r.id, "image_type": r.image_type, "subject": r.subject,
-                     "status": "ok" if find_generated(folder, r.id) else "missing",
-                     "image": str(find_generated(folder, r.id) or "") or None}
-                    for r in records]
+                     "status": "ok" if found[r.id] else "missing",
+                     "image": str(found[r.id]) if found[r.id] else None} for r in records]
         std_summary = None
         if standard:
             from ..scigen_metrics import StandardMetrics
