@@ -192,8 +192,8 @@ def test_cli_writes_tables_and_json(bench, tmp_path, monkeypatch, capsys):
      "the answer 'E' is not one of the options"),
     ({"id": "x", "original_question": "q"}, "field 'answer' is missing"),
     ({"id": "a/b", "question": "q", "answer": "1"}, "cannot name an image file"),
-    ({"id": "x", "question": "q", "answer": "1", "image": "nope.png"},
-     "record 0 field 'image'[0]: image file not found"),
+    ({"id": "x", "question": "q", "answer": "1", "real_image": "nope.png"},
+     "record 0 field 'real_image'[0]: image file not found"),
 ])
 def test_malformed_records_name_the_record_and_field(tmp_path, record, message):
     data = tmp_path / "bad.jsonl"
@@ -225,7 +225,7 @@ def test_standard_metrics_on_records_with_a_real_image(tmp_path, capsys):
     clip = build_tiny_clip(tmp_path / "clip")
     real = tmp_path / "real.png"
     Image.new("RGB", (40, 30), (200, 20, 20)).save(real)
-    rows = [{"id": "s1", "question": "A red block.", "answer": "1", "image": str(real)},
+    rows = [{"id": "s1", "question": "A red block.", "answer": "1", "real_image": str(real)},
             {"id": "s2", "question": "A blue block.", "answer": "2"}]
     data = tmp_path / "seephys.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -278,3 +278,41 @@ def test_real_images_from_a_folder_and_excluded_ids(tmp_path):
     assert [r["id"] for r in s["records"]] == ["1", "3"]
     expected = pixel_metrics(Image.open(gen / "3.png"), Image.open(real_dir / "3.png"))
     assert s["records"][1]["psnr"] == pytest.approx(expected.psnr)
+
+
+def test_hub_layout_with_the_generated_images_inside_the_records(tmp_path, monkeypatch):
+    """J017athan/SciGenBench: one config per model, rows of image (that model's output),
+    original_question, answer, image_type, multimodal_question, no id (the row index)."""
+    import science_t2i.nodes.judge_backends as jb
+    from datasets import Dataset, Image as HFImage
+    images = [Image.new("RGB", (20, 20), (COLOURS[r], 0, 0)) for r in ("r1", "r2")]
+    ds = Dataset.from_dict({
+        "image": images, "original_question": ["Plot a parabola.", "A ray hits a mirror."],
+        "answer": ["B", "12 N"], "image_type": ["Plot", "Optics"],
+        "multimodal_question": ["Which curve?\nA. line\nB. parabola", "Tension?"],
+    }).cast_column("image", HFImage())
+    ds.save_to_disk(str(tmp_path / "nanobanana-pro"))
+
+    class Judge:
+        name = "scripted:hub"
+
+        def generate(self, parts, **kw):
+            red = next(p for p in parts if not isinstance(p, str)).getpixel((0, 0))[0]
+            text = " ".join(p for p in parts if isinstance(p, str))
+            if "Rate it from 0" in text:
+                return RUBRIC_R3
+            return "Answer: B" if red == COLOURS["r1"] else "Answer: 15 N"
+
+    monkeypatch.setattr(jb, "backend_from_spec", lambda spec, **kw: Judge())
+    out = tmp_path / "out"
+    assert main(["eval-scigen", "--records", str(tmp_path / "nanobanana-pro"),
+                 "--generated-column", "image", "--judge", "local:j", "--metrics",
+                 "quiz,judge", "--out", str(out)]) == 0
+    report = json.loads((out / "scigen_eval.json").read_text())
+    [(name, s)] = report["sets"].items()
+    assert name == "nanobanana-pro"
+    assert [r["id"] for r in s["records"]] == ["0", "1"]
+    assert s["overall"]["r_inv"] == pytest.approx(1 / 2) and s["overall"]["missing"] == 0
+    assert s["by_image_type"]["Optics"]["r_inv"] == 0.0
+    assert main(["eval-scigen", "--records", str(tmp_path / "nanobanana-pro"),
+                 "--judge", "x"]) == 2                        # neither --images nor a column

@@ -25,7 +25,8 @@ from .datasets import ImageRef, images_field, read_rows
 TEXT_KEYS = ("original_question", "question", "prompt", "caption")
 QUIZ_KEYS = ("multimodal_question", "original_question", "question")
 SUBJECT_KEYS = ("subject", "domain", "discipline")
-REAL_IMAGE_KEYS = ("image", "real_image", "gt_image", "image_path")
+# the real figure; "image" is not among them: in the Hub release it is the model's output
+REAL_IMAGE_KEYS = ("real_image", "gt_image")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 _OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.):\]]\s+(.+?)\s*$")
@@ -39,6 +40,7 @@ class SciGenRecord:
     image_type: str = "-"
     subject: str = "-"
     real_image: ImageRef | None = None
+    generated: ImageRef | None = None   # the image to evaluate, when the records carry it
     index: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -127,7 +129,15 @@ def _checked(quiz: Quiz, where: str) -> Quiz:
     return quiz
 
 
-def record_from_row(row: dict, index: int, base: Path) -> SciGenRecord:
+def _image_of(row: dict, key: str, base: Path, index: int) -> ImageRef | None:
+    if row.get(key) in (None, "", b""):
+        return None
+    refs = images_field(row[key], base, index, key)
+    return refs[0] if refs else None
+
+
+def record_from_row(row: dict, index: int, base: Path, *, real_key: str | None = None,
+                    generated_key: str | None = None) -> SciGenRecord:
     rid = str(row["id"]).strip() if row.get("id") not in (None, "") else str(index)
     if not re.fullmatch(r"[\w.\-]+", rid):
         raise ScienceT2IError(f"record {index}: id {rid!r} cannot name an image file; ids may "
@@ -138,30 +148,39 @@ def record_from_row(row: dict, index: int, base: Path) -> SciGenRecord:
             f"record {rid} has no problem text: none of the fields {list(TEXT_KEYS)} holds "
             f"text (has: {sorted(k for k, v in row.items() if v not in (None, ''))}).")
     real = None
-    for key in REAL_IMAGE_KEYS:
-        if row.get(key) not in (None, "", b""):
-            refs = images_field(row[key], base, index, key)
-            real = refs[0] if refs else None
+    for key in (real_key,) if real_key else REAL_IMAGE_KEYS:
+        real = _image_of(row, key, base, index)
+        if real is not None:
             break
+    generated = _image_of(row, generated_key, base, index) if generated_key else None
     subject = _text(row, SUBJECT_KEYS)
     return SciGenRecord(id=rid, text=text[1], quizzes=_quizzes(row, rid),
                         image_type=str(row.get("image_type") or "-").strip() or "-",
-                        subject=subject[1] if subject else "-", real_image=real, index=index,
+                        subject=subject[1] if subject else "-", real_image=real,
+                        generated=generated, index=index,
                         extra={"source": row.get("source")} if row.get("source") else {})
 
 
 def load_scigen_records(path: str | Path, split: str | None = None,
-                        source: str | None = None) -> list[SciGenRecord]:
+                        source: str | None = None, *, real_key: str | None = None,
+                        generated_key: str | None = None) -> list[SciGenRecord]:
     """Every record of ``split`` (``source`` keeps only rows whose 'source' field matches,
     e.g. scigen or seephys in the repository's single JSON file). Fails before any judging
-    on a malformed record, naming it and the field; ids must be unique."""
+    on a malformed record, naming it and the field; ids must be unique. ``real_key`` names
+    the column of the real figure (default: real_image or gt_image), ``generated_key`` the
+    column of the image to evaluate (the Hub release's ``image``: one config per model)."""
     rows, base = read_rows(Path(path), split)
     if source:
         rows = [r for r in rows if str(r.get("source", "")) == source]
     if not rows:
         raise ScienceT2IError(f"no records in {path}" + (f" with source {source!r}"
                                                           if source else "") + ".")
-    records = [record_from_row(row, i, base) for i, row in enumerate(rows)]
+    for key, flag in ((real_key, "--real-column"), (generated_key, "--generated-column")):
+        if key and not any(key in row for row in rows):
+            raise ScienceT2IError(f"{flag} {key}: no record has that field (fields: "
+                                  f"{sorted(rows[0])}).")
+    records = [record_from_row(row, i, base, real_key=real_key, generated_key=generated_key)
+               for i, row in enumerate(rows)]
     seen: dict[str, int] = {}
     for r in records:
         if r.id in seen:

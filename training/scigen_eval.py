@@ -27,6 +27,7 @@ from ..nodes.judge import PROMPT_VERSION, ask_quiz, grade_quiz, rate_figure
 from ..nodes.judge_answers import SCORE_KEYS, Parsed, parse_scores
 from ..nodes.judge_backends import JudgeError
 from .judge_cache import JudgeCache, cache_key, file_sha256
+from .datasets import ImageRef
 from .scigen_data import SciGenRecord, find_generated
 
 log = logging.getLogger(__name__)
@@ -56,24 +57,37 @@ class EtaLog:
             self.last = now
 
 
-def _open_image(path: Path):
-    from .datasets import ImageRef
-    return ImageRef(path=path, label=str(path)).open()
+def image_sources(records: Sequence[SciGenRecord], images: Path | None) -> list:
+    """The image to evaluate per record: ``<id>.png`` in the folder ``images``, or (None) the
+    records' own generated image; None where there is none."""
+    if images is None:
+        return [r.generated for r in records]
+    out = []
+    for r in records:
+        path = find_generated(Path(images), r.id)
+        out.append(ImageRef(path=path, label=str(path)) if path else None)
+    return out
 
 
-def judge_record(record: SciGenRecord, image_path: Path | None, backend: Any, cache: JudgeCache,
+def _digest(ref: ImageRef) -> str:
+    import hashlib
+    return hashlib.sha256(ref.data).hexdigest() if ref.data is not None else \
+        file_sha256(ref.path)
+
+
+def judge_record(record: SciGenRecord, ref: ImageRef | None, backend: Any, cache: JudgeCache,
                  *, metrics: Sequence[str], grader: Any = None) -> dict:
     """One record's quiz answers and rubric scores (no aggregation); never raises for a bad
     image or a failed judge call, which come back as the row's status."""
     row: dict[str, Any] = {"id": record.id, "image_type": record.image_type,
                            "subject": record.subject, "status": "ok", "image": None}
-    if image_path is None:
+    if ref is None:
         row.update(status="missing", error="no generated image for this record")
         return row
-    row["image"] = str(image_path)
+    row["image"] = ref.label or str(ref.path)
     try:
-        image = _open_image(image_path)
-        digest = file_sha256(image_path)
+        image = ref.open()
+        digest = _digest(ref)
     except (ScienceT2IError, OSError) as exc:  # undecodable: a failure like a missing one
         row.update(status="missing", error=str(exc))
         return row
@@ -113,12 +127,13 @@ def _answer_row(correct: bool, parsed: Parsed, gold: str) -> dict:
     return out
 
 
-def judge_image_set(records: Sequence[SciGenRecord], folder: Path, backend: Any,
+def judge_image_set(records: Sequence[SciGenRecord], images: Path | None, backend: Any,
                     cache: JudgeCache, *, metrics: Sequence[str], grader: Any = None,
                     workers: int = 1, desc: str = "scigen") -> list[dict]:
-    """Rows of ``judge_record`` for every record, in record order (``workers`` > 1 asks
-    several records at once, for remote judges)."""
-    todo = [(r, find_generated(folder, r.id)) for r in records]
+    """Rows of ``judge_record`` for every record, in record order, the images from the folder
+    ``images`` or (None) the records (``workers`` > 1 asks several records at once, for
+    remote judges)."""
+    todo = list(zip(records, image_sources(records, images)))
     eta = EtaLog(len(todo), desc)
     rows: list[dict | None] = [None] * len(todo)
     with _comfy.Progress(len(todo), desc=desc) as bar:
@@ -140,15 +155,16 @@ def judge_image_set(records: Sequence[SciGenRecord], folder: Path, backend: Any,
 
 
 def add_standard_metrics(rows: list[dict], records: Sequence[SciGenRecord],
-                         metrics_engine: Any) -> dict:
+                         images: Path | None, metrics_engine: Any) -> dict:
     """PSNR / SSIM / CLIP per row whose record has a real image; the engine's summary."""
+    refs = {r.id: ref for r, ref in zip(records, image_sources(records, images))}
     by_id = {r.id: r for r in records}
     for row in rows:
         rec = by_id[row["id"]]
-        if rec.real_image is None or row["status"] == "missing" or not row.get("image"):
+        if rec.real_image is None or row["status"] == "missing" or refs[rec.id] is None:
             continue
-        values = metrics_engine.add(rec.id, _open_image(Path(row["image"])),
-                                    rec.real_image.open(), rec.text)
+        values = metrics_engine.add(rec.id, refs[rec.id].open(), rec.real_image.open(),
+                                    rec.text)
         row.update({k: v for k, v in values.items() if v is not None})
     return metrics_engine.summary()
 

@@ -26,9 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-ids", default=None, metavar="FILE",
                    help="a file of record ids (one per line) to leave out, e.g. SciGenBench's "
                         "perfect_image_seephys.txt for its hard mode")
-    p.add_argument("--images", action="append", required=True, metavar="[NAME=]DIR",
+    p.add_argument("--images", action="append", default=[], metavar="[NAME=]DIR",
                    help="folder of generated images named by record id (an ImgCoder or FLUX "
                         "output folder); repeat to compare several")
+    p.add_argument("--generated-column", default=None, metavar="COLUMN",
+                   help="the records carry the images to evaluate in this column (the Hub "
+                        "release: one config per model, its output in 'image')")
+    p.add_argument("--real-column", default=None, metavar="COLUMN",
+                   help="the records' column holding the real figure (default: real_image or "
+                        "gt_image)")
     p.add_argument("--judge", default=None, metavar="local:MODEL|openai:MODEL",
                    help="the multimodal judge (needed for the quiz and judge metrics)")
     p.add_argument("--base-url", default=None, help="endpoint of an openai: judge")
@@ -82,8 +88,16 @@ def run(args: argparse.Namespace) -> int:
             raise ScienceT2IError(f"{flag} must be at least 1, got {value}.")
     device = check_device(args.device)
     out = check_output_dir(args.out, "--out")
-    image_sets = parse_image_sets(args.images)
-    records = load_scigen_records(args.records, args.split, args.source)
+    if not args.images and not args.generated_column:
+        raise ScienceT2IError("nothing to evaluate: pass --images DIR (images named by record "
+                              "id) or --generated-column COLUMN (images inside the records).")
+    image_sets: dict = parse_image_sets(args.images)
+    if args.generated_column:
+        name = Path(args.records).name + (f"/{args.split}" if args.split else "")
+        image_sets = {name: None, **image_sets}   # None: the records' own images
+    records = load_scigen_records(args.records, args.split, args.source,
+                                  real_key=args.real_column,
+                                  generated_key=args.generated_column)
     if args.exclude_ids:
         from ..faults import read_text
         drop = {line.strip() for line in read_text(args.exclude_ids, "--exclude-ids file")
@@ -123,11 +137,10 @@ def run(args: argparse.Namespace) -> int:
             rows = judge_image_set(records, folder, backend, cache, metrics=judged,
                                    grader=grader, workers=args.workers, desc=f"judging {name}")
         else:
-            from ..scigen_data import find_generated
-            found = {r.id: find_generated(folder, r.id) for r in records}
+            from ..scigen_eval import image_sources
             rows = [{"id": r.id, "image_type": r.image_type, "subject": r.subject,
-                     "status": "ok" if found[r.id] else "missing",
-                     "image": str(found[r.id]) if found[r.id] else None} for r in records]
+                     "status": "ok" if ref else "missing", "image": ref.label if ref else None}
+                    for r, ref in zip(records, image_sources(records, folder))]
         std_summary = None
         if standard:
             from ..scigen_metrics import StandardMetrics
@@ -135,9 +148,10 @@ def run(args: argparse.Namespace) -> int:
                                      fid=not args.no_fid,
                                      device=str(_comfy.torch_device()) if device == "auto"
                                      else device)
-            std_summary = add_standard_metrics(rows, records, engine)
+            std_summary = add_standard_metrics(rows, records, folder, engine)
         kw = {"missing": args.missing, "quizzes_of": quizzes.__getitem__}
-        results[name] = {"folder": str(folder), "overall": summarise(rows, **kw),
+        results[name] = {"folder": str(folder) if folder else f"{args.records} "
+                                   f"({args.generated_column})", "overall": summarise(rows, **kw),
                          "by_image_type": summarise_groups(rows, "image_type", **kw),
                          "by_subject": summarise_groups(rows, "subject", **kw),
                          "standard": std_summary, "unparseable": unparseable(rows),
