@@ -336,6 +336,15 @@ def check_interrupt() -> None:
         model_management.throw_exception_if_processing_interrupted()
 
 
+def interrupt_requested() -> bool:
+    """Whether the user pressed Cancel, without raising (for waits on other processes, which
+    then stop them and call ``check_interrupt``); False standalone."""
+    if not IN_COMFY:
+        return False
+    probe = getattr(model_management, "processing_interrupted", None)
+    return bool(probe()) if callable(probe) else False
+
+
 # ----------------------------------------------------------------------------- LoRA
 
 def lora_key_map(model: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import figure_sandbox_child as _child
 from .errors import ScienceT2IError
@@ -33,6 +34,7 @@ from .errors import ScienceT2IError
 ALLOWED_IMPORTS: frozenset[str] = _child.ALLOWED_IMPORTS
 CHILD_PATH = Path(_child.__file__).resolve()
 _GRACE_SECONDS = 2.0  # the child stops itself at the wall limit; the kill is the backstop
+_STOP_POLL_SECONDS = 0.25  # how often a waiting render asks should_stop (Cancel)
 _STDERR_KEEP = 64 * 1024
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -69,6 +71,7 @@ class RenderResult:
     seconds: float
     width: int
     height: int
+    interrupted: bool = False   # stopped by should_stop (Cancel), not by the code
 
 
 # ----------------------------------------------------------------------------- static check
@@ -265,9 +268,11 @@ class _Child:
         self.open_fds = {self.proc.stdout.fileno(), self.proc.stderr.fileno()}
         self.started = time.monotonic()
 
-    def read(self, deadline: float, until_ready: bool, out_cap: int) -> str:
+    def read(self, deadline: float, until_ready: bool, out_cap: int,
+             should_stop: Callable[[], bool] | None = None) -> str:
         """Read stdout / stderr until READY (until_ready), both close ('eof'), the deadline
-        ('timeout') or stdout passes out_cap ('overflow')."""
+        ('timeout'), stdout passes out_cap ('overflow') or ``should_stop()`` ('interrupted',
+        asked every quarter second: ComfyUI's Cancel)."""
         with selectors.DefaultSelector() as sel:
             for fd in self.open_fds:
                 sel.register(fd, selectors.EVENT_READ)
@@ -277,6 +282,10 @@ class _Child:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return "timeout"
+                if should_stop is not None:
+                    if should_stop():
+                        return "interrupted"
+                    remaining = min(remaining, _STOP_POLL_SECONDS)
                 for key, _ in sel.select(remaining):
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
@@ -529,8 +538,12 @@ class SandboxPool:
 
     # -- rendering
     def render(self, code: str, *, width: int = 1024, height: int = 768, dpi: int = 100,
-               limits: SandboxLimits = SandboxLimits(), _check: bool = True) -> RenderResult:
+               limits: SandboxLimits = SandboxLimits(),
+               should_stop: Callable[[], bool] | None = None,
+               _check: bool = True) -> RenderResult:
         """Run ``code`` in a child and return its figure as PNG bytes of exactly width x height.
+        ``should_stop`` (e.g. ComfyUI's Cancel) is asked while waiting: when it says so the
+        child is killed at once and the result has ``interrupted`` set.
         ``_check=False`` skips check_code (tests use it to show the run-time guards hold)."""
         _validate(code, width, height, dpi, limits)
         start = time.perf_counter()
@@ -550,7 +563,8 @@ class SandboxPool:
                           f"{limits.max_pixels:,} px; ask for a smaller figure.")
         child = self._take()
         try:
-            return self._render_in(child, code, width, height, dpi, limits, start, failed)
+            return self._render_in(child, code, width, height, dpi, limits, start, failed,
+                                   should_stop)
         finally:
             with self._state["lock"]:
                 self._state["live"].discard(child)
@@ -559,8 +573,12 @@ class SandboxPool:
             # otherwise take CPU from the render being waited for
             self._refill_in_background()
 
-    def _render_in(self, child, code, width, height, dpi, limits, start, failed):
-        if child.read(time.monotonic() + self.startup_timeout, True, 1 << 20) != "ready":
+    def _render_in(self, child, code, width, height, dpi, limits, start, failed, should_stop):
+        ready = child.read(time.monotonic() + self.startup_timeout, True, 1 << 20, should_stop)
+        if ready == "interrupted":
+            child.reap()
+            return _interrupted(failed)
+        if ready != "ready":
             child.reap()
             status = child.status() or {}
             why = status.get("error") or bytes(child.err).decode("utf-8", "replace").strip()
@@ -572,8 +590,11 @@ class SandboxPool:
         child.send({"code": code, "width": width, "height": height, "dpi": dpi,
                     "limits": {k: getattr(limits, k) for k in SandboxLimits.__dataclass_fields__}})
         cap = limits.stdout_kb * 1024 * 6 + (256 << 10)  # JSON escapes at most 6x
-        state = child.read(time.monotonic() + limits.wall_seconds + _GRACE_SECONDS, False, cap)
+        state = child.read(time.monotonic() + limits.wall_seconds + _GRACE_SECONDS, False, cap,
+                           should_stop)
         exit_code, cpu = child.reap()
+        if state == "interrupted":
+            return _interrupted(failed)
         status = child.status() if state == "eof" else None
         if status is None:
             return failed(_explain_exit(child, state, exit_code, cpu, limits, code))
@@ -586,6 +607,12 @@ class SandboxPool:
                           "have overwritten its output); do not write files named "
                           f"{_child.PNG_NAME!r}.", stdout)
         return RenderResult(True, png, "", stdout, time.perf_counter() - start, width, height)
+
+
+def _interrupted(failed: Callable[..., RenderResult]) -> RenderResult:
+    result = failed("The render was cancelled.")
+    result.interrupted = True
+    return result
 
 
 _default_pool: SandboxPool | None = None
@@ -603,9 +630,11 @@ def default_pool() -> SandboxPool:
 
 def render_figure(code: str, *, width: int = 1024, height: int = 768, dpi: int = 100,
                   limits: SandboxLimits = SandboxLimits(), pool: SandboxPool | None = None,
+                  should_stop: Callable[[], bool] | None = None,
                   _check: bool = True) -> RenderResult:
     """Render model-written matplotlib ``code`` to a width x height PNG in the sandbox.
     Never raises for bad code (ok=False with a message); raises ScienceT2IError for bad
     arguments or when the sandbox itself cannot start."""
     return (pool or default_pool()).render(code, width=width, height=height, dpi=dpi,
-                                           limits=limits, _check=_check)
+                                           limits=limits, should_stop=should_stop,
+                                           _check=_check)

@@ -132,7 +132,11 @@ def draw_figure(backend: Any, problem: str, *, image_type: str = "", width: int 
             if problems:
                 error = "the script was refused before running: " + "; ".join(problems)
             else:
-                result = render(code, width=width, height=height, dpi=dpi, limits=limits)
+                result = render(code, width=width, height=height, dpi=dpi, limits=limits,
+                                should_stop=_comfy.interrupt_requested)
+                if getattr(result, "interrupted", False):
+                    _comfy.check_interrupt()  # raises ComfyUI's interrupt (Cancel)
+                    raise ScienceT2IError("the figure render was cancelled.")
                 if result.ok:
                     note(f"attempt {attempt}: rendered {result.width}x{result.height} px in "
                          f"{result.seconds:.2f} s")
@@ -237,7 +241,11 @@ class RenderFigureCodeNode:
         problems = check_code(code)
         if problems:
             raise ScienceT2IError("the code was refused before running: " + "; ".join(problems))
-        result = render_figure(code, width=width, height=height, dpi=dpi, limits=NODE_LIMITS)
+        result = render_figure(code, width=width, height=height, dpi=dpi, limits=NODE_LIMITS,
+                               should_stop=_comfy.interrupt_requested)
+        if result.interrupted:
+            _comfy.check_interrupt()  # raises ComfyUI's interrupt, so the run shows as cancelled
+            raise ScienceT2IError("the figure render was cancelled.")
         if not result.ok:
             raise ScienceT2IError(f"the figure code failed in the sandbox: {result.error}")
         log_text = f"rendered {result.width}x{result.height} px in {result.seconds:.2f} s"

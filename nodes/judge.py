@@ -210,7 +210,7 @@ def parse_choice_lines(text: str) -> dict[str, str]:
 JUDGE_TYPE = "SCIENCE_LMM"  # a multimodal or language model behind one backend
 
 
-def _first_pil(image: Any, what: str) -> list:
+def _pil_list(image: Any, what: str) -> list:
     from .images import as_rgb_batch, to_pil
     batch = as_rgb_batch(image, what)
     return [to_pil(batch[i]) for i in range(batch.shape[0])]
@@ -229,7 +229,9 @@ class VLMJudgeLoaderNode:
                  or ["(put a model folder in models/vlm)"])
         return {"required": {
             "backend": (["local", "openai"], {"default": "local"}),
-            "local_model": (local, {"tooltip": "folder in models/vlm (backend local)"}),
+            "local_model": (local, {"tooltip": "backend local: a folder in models/vlm, or "
+                                               "LLM/<folder in models/LLM> (text only, for "
+                                               "ImgCoder)"}),
             "remote_model": ("STRING", {"default": "", "tooltip": "model name the endpoint "
                                         "serves, or a Hub id for backend local"}),
             "base_url": ("STRING", {"default": "http://127.0.0.1:8000/v1",
@@ -296,7 +298,7 @@ class ScienceJudgeNode:
         if not prompt.strip():
             raise ScienceT2IError("prompt is empty; give the (implicit) prompt the images were "
                                   "generated for.")
-        a_list, b_list = _first_pil(image_a, "image_a"), _first_pil(image_b, "image_b")
+        a_list, b_list = _pil_list(image_a, "image_a"), _pil_list(image_b, "image_b")
         if len(a_list) != len(b_list) and 1 not in (len(a_list), len(b_list)):
             raise ScienceT2IError(f"image_a has {len(a_list)} images and image_b "
                                   f"{len(b_list)}; give equal batches or one image on a side.")
@@ -356,7 +358,7 @@ class VisualQuizNode:
     def ask(self, judge, image, question, choices="", correct_answer=""):
         if not question.strip():
             raise ScienceT2IError("question is empty; type the question to ask about the image.")
-        pil = _first_pil(image, "image")
+        pil = _pil_list(image, "image")
         if len(pil) > 1:
             log.warning("Visual Quiz: the image batch holds %d images; asking about the first",
                         len(pil))

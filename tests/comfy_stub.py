@@ -76,6 +76,7 @@ def install_comfy_stub(models_dir: Path) -> types.SimpleNamespace:
 
     mm.load_model_gpu = load_model_gpu
     mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    mm.processing_interrupted = lambda: state.interrupt
 
     utils = types.ModuleType("comfy.utils")
 

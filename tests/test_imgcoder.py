@@ -161,3 +161,23 @@ def test_cli_batch_resumes_and_eval_scigen_reads_its_folder(tmp_path, monkeypatc
     assert overall["r_inv"] == pytest.approx(1 / 2) and overall["missing"] == 0
     assert overall["judge"]["Expressiveness_Richness"] == pytest.approx(1.0)
     assert np.isclose(overall["judge_mean"], 9 / 5)
+
+
+def test_cancel_stops_a_running_render_at_once(comfy):
+    """ComfyUI's Cancel while the sandbox runs a busy loop: the child is killed and the node
+    raises ComfyUI's interrupt (the 20 s CPU limit would have raised the node's own error)."""
+    import threading
+
+    from comfy_stub import InterruptProcessingException
+    node = RenderFigureCodeNode()
+    timer = threading.Timer(0.5, lambda: setattr(comfy, "interrupt", True))
+    timer.start()
+    try:
+        with pytest.raises(InterruptProcessingException):
+            node.render("import matplotlib.pyplot as plt\nx = 0\nwhile True:\n    x += 1\n",
+                        128, 128, 64)
+    finally:
+        timer.cancel()
+    assert not comfy.interrupt                       # the interrupt was consumed by raising
+    image, _ = node.render("import matplotlib.pyplot as plt\nplt.figure()\n", 64, 64, 64)
+    assert tuple(image.shape) == (1, 64, 64, 3)      # the next render works
