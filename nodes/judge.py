@@ -255,13 +255,7 @@ class VLMJudgeLoaderNode:
                 raise ScienceT2IError("no local judge model: put an image-text-to-text model "
                                       f"folder in {_comfy.default_folder('vlm')} or type a Hub "
                                       "id in remote_model.")
-            if name.startswith("LLM/") and not remote_model.strip():
-                path = _comfy.resolve_model("LLM", name[4:])
-                if path is None:
-                    raise ScienceT2IError(f"{name} is no longer in models/LLM; refresh the "
-                                          "node's list.")
-                name = str(path)
-            return (LocalBackend(name),)
+            return (LocalBackend(name),)  # "LLM/<folder>" resolves in models/LLM
         if backend == "openai":
             if not remote_model.strip():
                 raise ScienceT2IError("backend openai needs remote_model: the model name the "

@@ -130,13 +130,20 @@ def _not_found(name: str) -> ScienceT2IError:
 
 def resolve_vlm(name: str) -> tuple[str, bool, str]:
     """(what from_pretrained gets, whether it is a local directory, the stable id) for
-    ``name``: a folder under models/vlm, a directory path, or a Hub id (found in models/vlm
+    ``name``: a folder under models/vlm (or models/LLM, also as ``LLM/<folder>``), a
+    directory path, or a Hub id (found in models/vlm
     under its repository name, in the Hub cache, or downloaded when online)."""
     name = name.strip()
     if not name:
         raise ScienceT2IError("no judge model named: give a folder name under "
                               f"{_comfy.default_folder('vlm')}, a directory or a Hub id.")
-    path = _comfy.resolve_model("vlm", name)
+    if name.startswith("LLM/"):  # a text-only model of models/LLM (ImgCoder)
+        path = _comfy.resolve_model("LLM", name[4:])
+        if path is None:
+            raise ScienceT2IError(f"{name[4:]!r} is not a folder in "
+                                  f"{_comfy.default_folder('LLM')}.")
+    else:  # models/vlm first, then the text-only models of models/LLM
+        path = _comfy.resolve_model("vlm", name) or _comfy.resolve_model("LLM", name)
     if path is None and _looks_like_hub_id(name):  # where the download command puts it
         candidate = _comfy.default_folder("vlm") / name.split("/")[-1]
         path = candidate if candidate.is_dir() else None

@@ -110,3 +110,15 @@ def test_loader_lists_model_folders_and_builds_backends(comfy, monkeypatch):
         node.load("openai", choices[0], " ", "http://127.0.0.1:9/v1", "K", 5.0)
     with pytest.raises(ScienceT2IError, match="unknown judge backend"):
         node.load("ftp", choices[0], "", "", "", 5.0)
+
+
+def test_cli_names_find_text_models_in_the_llm_folder(models_dir):
+    from science_t2i.nodes.judge_backends import backend_from_spec
+    from tiny_llm import build_tiny_llm
+    build_tiny_llm(models_dir / "LLM" / "coder")
+    for spec in ("local:coder", "local:LLM/coder"):
+        backend = backend_from_spec(spec)
+        assert backend.name == "local:coder"
+        assert isinstance(backend.generate(["Plan a figure."], max_new_tokens=2), str)
+    with pytest.raises(ScienceT2IError, match="not a folder in"):
+        backend_from_spec("local:LLM/missing")
