@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 
 from . import _comfy
 from .errors import ScienceT2IError
-from .judge_answers import (SCORE_KEYS, Parsed, match_free_answer, parse_option,
-                            parse_pair_choice, parse_scores)
+from .judge_answers import (SCORE_KEYS, Parsed, final_answer_text, match_free_answer,
+                            parse_option, parse_pair_choice, parse_scores, parse_verdict)
 
 log = logging.getLogger("science_t2i")
 
@@ -141,43 +141,10 @@ def grade_quiz(reply: str, quiz: Quiz, *, grader: Any = None) -> tuple[bool, Par
         verdict = grader.generate([GRADE_PROMPT.format(question=quiz.question, gold=quiz.answer,
                                                        prediction=reply)],
                                   max_new_tokens=GRADE_TOKENS)
-        parsed = _parse_verdict(verdict)
+        parsed = parse_verdict(verdict)
         return bool(parsed.ok and parsed.value), parsed
     parsed = match_free_answer(reply, quiz.answer)
     return bool(parsed.ok and parsed.value), parsed
-
-
-def _parse_verdict(text: str) -> Parsed:
-    import json
-    import re
-    from .judge_answers import strip_thinking
-    body = strip_thinking(text)
-    for m in reversed(list(re.finditer(r"\{[^{}]*\}", body))):
-        try:
-            obj = json.loads(m.group(0).replace("True", "true").replace("False", "false"))
-        except ValueError:
-            continue
-        for key in ("correct", "is_correct"):
-            if isinstance(obj, dict) and key in obj:
-                v = obj[key]
-                if isinstance(v, (bool, int)) and v in (0, 1, True, False):
-                    return Parsed(bool(v), "", text)
-    word = re.findall(r"\b(correct|incorrect|true|false|yes|no)\b", body.lower())
-    if word:
-        return Parsed(word[-1] in ("correct", "true", "yes"), "", text)
-    return Parsed(None, "no verdict found in the grader's reply", text)
-
-
-def final_answer_text(reply: str) -> str:
-    """The free-form answer of a reply: after its last 'Answer:', else its last line."""
-    import re
-    from .judge_answers import strip_thinking
-    body = strip_thinking(reply).strip()
-    found = re.findall(r"answer\s*(?:is)?\s*[:：]\s*(.+)", body, flags=re.IGNORECASE)
-    if found:
-        return found[-1].strip().strip("*").strip()
-    lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 def rate_figure(backend: Any, image: Any, question: str) -> Parsed:

@@ -487,3 +487,30 @@ def match_free_answer(prediction: str, gold: str, *, rel_tol: float = 1e-2) -> P
     inside = any(said[i:i + n] == want for i in range(len(said) - n + 1))
     negated = bool({"not", "no", "never", "isn", "neither", "nor"} & set(said) - set(want))
     return Parsed(inside and len(said) <= n + 4 and not negated, "", raw)
+
+
+# --- a grader's verdict, and the answer of a free-form reply -------------------------------
+def parse_verdict(text: str) -> Parsed:
+    """A grading model's verdict (value True/False): the last JSON object with "correct" or
+    "is_correct" (true/false, 1/0), else the last of correct/incorrect/true/false/yes/no."""
+    body = strip_thinking(text or "")
+    for obj in reversed(_json_objects(body)):
+        for key in ("correct", "is_correct"):
+            v = obj.get(key)
+            if isinstance(v, (bool, int)) and v in (0, 1):
+                return Parsed(bool(v), "", text)
+    word = re.findall(r"\b(correct|incorrect|true|false|yes|no)\b", body.lower())
+    if word:
+        return Parsed(word[-1] in ("correct", "true", "yes"), "", text)
+    return _fail("no verdict found in the grader's reply", text)
+
+
+def final_answer_text(reply: str) -> str:
+    """The answer a free-form reply states (\\boxed{}, 'Answer: ...', JSON), else its last
+    line; "" for an empty reply."""
+    body = _plain(_reply(reply or ""))
+    span, stated = _answer_span(body)
+    if stated:
+        return span.strip()
+    lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from science_t2i.nodes import judge_answers as ja
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.judge_answers import (SCORE_KEYS, Parsed, match_free_answer,
                                              parse_option, parse_pair_choice, parse_scores,
@@ -346,3 +347,29 @@ def test_parsed_is_frozen():
     p = Parsed(1, "", "x")
     with pytest.raises(AttributeError):
         p.value = 2
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ('{"correct": true}', True),
+    ('Reasoning... {"is_correct": 0, "reasoning": "wrong unit"}', False),
+    ("```json\n{'correct': True}\n```", True),
+    ("<think>is it correct?</think>The student is incorrect.", False),
+    ("Yes", True),
+    ("I am not sure.", None),
+])
+def test_grader_verdicts(reply, expected):
+    parsed = ja.parse_verdict(reply)
+    assert parsed.value is expected and parsed.text == reply
+    assert bool(parsed.reason) == (expected is None)
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("The tension balances the weight.\nAnswer: 12 N", "12 N"),
+    ("**Answer:** 45°", "45°"),
+    ("so the result is \\boxed{3/4}", "3/4"),
+    ('{"answer": "0.5 m"}', "0.5 m"),
+    ("No idea.\nProbably 7", "Probably 7"),
+    ("", ""),
+])
+def test_final_answer_text(reply, expected):
+    assert ja.final_answer_text(reply) == expected
