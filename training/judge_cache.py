@@ -27,6 +27,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def image_digest(ref: Any) -> str:
+    """SHA-256 of what the judge sees of a dataset image (an ImageRef): its encoded bytes, or
+    its file's."""
+    if getattr(ref, "data", None) is not None:
+        return hashlib.sha256(ref.data).hexdigest()
+    return file_sha256(ref.path)
+
+
 def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -15,7 +15,7 @@ from ..nodes.errors import ScienceT2IError
 from ..nodes.judge import PROMPT_VERSION, judge_pair
 from ..nodes.judge_backends import JudgeError
 from .datasets import ScienceRecord
-from .judge_cache import JudgeCache, cache_key
+from .judge_cache import JudgeCache, cache_key, image_digest
 
 
 def both_orders_table(rows: Sequence[dict]) -> dict:
@@ -61,8 +61,8 @@ def judge_pair_accuracy(records: Sequence[ScienceRecord], backend: Any, *,
                 verdicts = {}
                 for order, (a, b, right) in {"forward": (explicit, superficial, 1),
                                              "reverse": (superficial, explicit, 2)}.items():
-                    key = cache_key("pair", r.index, prompt, order, _ref_id(a), _ref_id(b),
-                                    backend.name, PROMPT_VERSION)
+                    key = cache_key("pair", r.index, prompt, order, image_digest(a),
+                                    image_digest(b), backend.name, PROMPT_VERSION)
                     reply = cache.ask(
                         key, lambda a=a, b=b: judge_pair(backend, a.open(), b.open(),
                                                          prompt).text,
@@ -87,11 +87,3 @@ def judge_pair_accuracy(records: Sequence[ScienceRecord], backend: Any, *,
                  rule="strict" if strict else "robust")
     return table
 
-
-def _ref_id(ref: Any) -> str:
-    """What identifies a dataset image for the cache: its file, or its bytes' hash."""
-    import hashlib
-    if getattr(ref, "data", None) is not None:
-        return hashlib.sha256(ref.data).hexdigest()
-    from .judge_cache import file_sha256
-    return file_sha256(ref.path)

@@ -26,7 +26,7 @@ from ..nodes.errors import ScienceT2IError
 from ..nodes.judge import PROMPT_VERSION, ask_quiz, grade_quiz, rate_figure
 from ..nodes.judge_answers import SCORE_KEYS, Parsed, parse_scores
 from ..nodes.judge_backends import JudgeError
-from .judge_cache import JudgeCache, cache_key, file_sha256
+from .judge_cache import JudgeCache, cache_key, image_digest
 from .datasets import ImageRef
 from .scigen_data import SciGenRecord, find_generated
 
@@ -69,12 +69,6 @@ def image_sources(records: Sequence[SciGenRecord], images: Path | None) -> list:
     return out
 
 
-def _digest(ref: ImageRef) -> str:
-    import hashlib
-    return hashlib.sha256(ref.data).hexdigest() if ref.data is not None else \
-        file_sha256(ref.path)
-
-
 def judge_record(record: SciGenRecord, ref: ImageRef | None, backend: Any, cache: JudgeCache,
                  *, metrics: Sequence[str], grader: Any = None) -> dict:
     """One record's quiz answers and rubric scores (no aggregation); never raises for a bad
@@ -87,7 +81,7 @@ def judge_record(record: SciGenRecord, ref: ImageRef | None, backend: Any, cache
     row["image"] = ref.label or str(ref.path)
     try:
         image = ref.open()
-        digest = _digest(ref)
+        digest = image_digest(ref)
     except (ScienceT2IError, OSError) as exc:  # undecodable: a failure like a missing one
         row.update(status="missing", error=str(exc))
         return row
