@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._model_args import add_endpoint_args, backend_from_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ...nodes.sciscore_loading import DEFAULT_SCISCORE
@@ -38,11 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    metavar="local:MODEL|openai:MODEL",
                    help="a judge: local:<folder in models/vlm, path or Hub id> or "
                         "openai:<model> with --base-url; repeatable")
-    j.add_argument("--base-url", default=None, help="endpoint of openai: judges")
-    j.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the endpoint's key")
-    j.add_argument("--timeout", type=float, default=120.0, help="seconds per judge call")
-    j.add_argument("--retries", type=int, default=3, help="tries per judge call")
+    add_endpoint_args(j, timeout=120.0)
     j.add_argument("--judge-parse", default="robust", choices=["robust", "strict"],
                    help="robust (default): read the choice from any reply shape; strict: "
                         "the reference's rule, only the exact JSON it asked for counts")
@@ -84,11 +82,9 @@ def run(args: argparse.Namespace) -> int:
         del scorer
     notes = []
     for spec in args.judge or []:
-        from ...nodes.judge_backends import backend_from_spec
         from ..judge_cache import JudgeCache
         from ..judge_pairs import judge_pair_accuracy
-        backend = backend_from_spec(spec, base_url=args.base_url, api_key_env=args.api_key_env,
-                                    timeout=args.timeout, retries=args.retries)
+        backend = backend_from_args(spec, args)
         table = judge_pair_accuracy(records, backend, strict=args.judge_parse == "strict",
                                     cache=JudgeCache(out / "judge_cache.jsonl"))
         results[f"judge {spec}"] = table

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._model_args import add_endpoint_args, backend_from_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -37,11 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "gt_image)")
     p.add_argument("--judge", default=None, metavar="local:MODEL|openai:MODEL",
                    help="the multimodal judge (needed for the quiz and judge metrics)")
-    p.add_argument("--base-url", default=None, help="endpoint of an openai: judge")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the endpoint's key")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge call")
-    p.add_argument("--retries", type=int, default=3, help="tries per judge call")
+    add_endpoint_args(p, timeout=120.0)
     p.add_argument("--workers", type=int, default=1,
                    help="records asked at once (for remote judges)")
     p.add_argument("--metrics", default="quiz,judge,standard",
@@ -66,7 +64,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ...nodes import _comfy
     from ...nodes.errors import ScienceT2IError
-    from ...nodes.judge_backends import backend_from_spec
     from ..evaluate import bar_chart_png, charts_available, write_report
     from ..faults import check_device, check_output_dir, require_modules
     from ..judge_cache import JudgeCache
@@ -83,9 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise ScienceT2IError(f"--metrics {','.join(judged)} needs a judge: pass --judge "
                               "local:MODEL or --judge openai:MODEL --base-url URL, or "
                               "--metrics standard.")
-    for flag, value in (("--workers", args.workers), ("--retries", args.retries)):
-        if value < 1:
-            raise ScienceT2IError(f"{flag} must be at least 1, got {value}.")
+    if args.workers < 1:
+        raise ScienceT2IError(f"--workers must be at least 1, got {args.workers}.")
     device = check_device(args.device)
     out = check_output_dir(args.out, "--out")
     if not args.images and not args.generated_column:
@@ -125,9 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     backend = grader = None
     if judged:
-        backend = backend_from_spec(args.judge, base_url=args.base_url,
-                                    api_key_env=args.api_key_env, timeout=args.timeout,
-                                    retries=args.retries)
+        backend = backend_from_args(args.judge, args)
         grader = backend if args.grader == "judge" else None
     cache = JudgeCache(out / "judge_cache.jsonl")
     quizzes = {r.id: len(r.quizzes) for r in records}
@@ -176,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
     print(markdown)
     failed = sum(r["overall"]["judge_error"] for r in results.values())
     if failed:
-        print(f"warning: {failed} record(s) had judge calls fail after {args.retries} tries "
-              "and are left out; their errors are in scigen_eval.json ('failures'). Run the "
+        print(f"warning: {failed} record(s) had judge calls fail after {args.retries + 1} "
+              "tries and are left out; their errors are in scigen_eval.json ('failures'). Run the "
               "same command again to ask only those.")
     print("written: " + ", ".join(str(p) for p in paths))
     return 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._model_args import add_endpoint_args, backend_from_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -19,10 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="local:MODEL|openai:MODEL",
                    help="the language model: local:<folder in models/vlm or models/LLM, path "
                         "or Hub id> or openai:<model> with --base-url")
-    p.add_argument("--base-url", default=None, help="endpoint of an openai: model")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the endpoint's key")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per model call")
+    add_endpoint_args(p, timeout=300.0)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--dpi", type=int, default=100)
@@ -38,7 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ...nodes.errors import ScienceT2IError
     from ...nodes.figure_sandbox import SandboxLimits
-    from ...nodes.judge_backends import backend_from_spec
     from ..faults import check_output_dir
     from ..imgcoder_batch import load_problems, run_imgcoder
 
@@ -55,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     limits = SandboxLimits(cpu_seconds=args.cpu_seconds,
                            wall_seconds=max(args.cpu_seconds * 1.5, args.cpu_seconds + 10),
                            memory_mb=args.memory_mb)
-    backend = backend_from_spec(args.model, base_url=args.base_url,
-                                api_key_env=args.api_key_env, timeout=args.timeout)
+    backend = backend_from_args(args.model, args)
     counts = run_imgcoder(problems, backend, out, width=args.width, height=args.height,
                           dpi=args.dpi, repairs=args.repairs, limits=limits)
     print(f"imgcoder: {counts['drawn']} drawn, {counts['failed']} failed, {counts['skipped']} "
