@@ -19,7 +19,7 @@ from ..nodes.errors import ScienceT2IError
 from ..nodes.figure_sandbox import SandboxLimits
 from ..nodes.files import write_bytes_atomic
 from ..nodes.imgcoder import draw_figure
-from .scigen_data import TEXT_KEYS
+from .scigen_data import check_unique_ids, problem_text, record_id
 from .scigen_eval import EtaLog
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,6 @@ class Problem:
 def load_problems(path: str | Path) -> list[Problem]:
     """Problems from a .txt file (one per line, id = line number) or any record layout with a
     problem text field (SciGenBench records: id, question / original_question, image_type)."""
-    import re
-
     from .datasets import read_rows
     path = Path(path)
     if path.suffix == ".txt":
@@ -48,23 +46,12 @@ def load_problems(path: str | Path) -> list[Problem]:
         rows, _ = read_rows(path, None)
         problems = []
         for i, row in enumerate(rows):
-            rid = str(row.get("id", i)).strip()
-            text = next((row[k].strip() for k in TEXT_KEYS
-                         if isinstance(row.get(k), str) and row[k].strip()), None)
-            if text is None:
-                raise ScienceT2IError(f"{path} record {rid}: no problem text in any of "
-                                      f"{list(TEXT_KEYS)}.")
-            if not re.fullmatch(r"[\w.\-]+", rid):
-                raise ScienceT2IError(f"{path} record {i}: id {rid!r} cannot name a file; use "
-                                      "letters, digits, '_', '-' and '.'.")
-            problems.append(Problem(rid, text, str(row.get("image_type") or "")))
+            rid = record_id(row, i)
+            problems.append(Problem(rid, problem_text(row, rid),
+                                    str(row.get("image_type") or "")))
     if not problems:
         raise ScienceT2IError(f"{path} holds no problems.")
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ScienceT2IError(f"{path}: the id {dup!r} appears more than once; ids name the "
-                              "output files.")
+    check_unique_ids([p.id for p in problems])
     return problems
 
 

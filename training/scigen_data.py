@@ -136,17 +136,39 @@ def _image_of(row: dict, key: str, base: Path, index: int) -> ImageRef | None:
     return refs[0] if refs else None
 
 
-def record_from_row(row: dict, index: int, base: Path, *, real_key: str | None = None,
-                    generated_key: str | None = None) -> SciGenRecord:
+def record_id(row: dict, index: int) -> str:
+    """The record's id (its row number when it has none); it names image files."""
     rid = str(row["id"]).strip() if row.get("id") not in (None, "") else str(index)
     if not re.fullmatch(r"[\w.\-]+", rid):
         raise ScienceT2IError(f"record {index}: id {rid!r} cannot name an image file; ids may "
                               "hold letters, digits, '_', '-' and '.'.")
+    return rid
+
+
+def problem_text(row: dict, rid: str) -> str:
+    """The problem the image is drawn for, from the first of TEXT_KEYS holding text."""
     text = _text(row, TEXT_KEYS)
     if text is None:
         raise ScienceT2IError(
             f"record {rid} has no problem text: none of the fields {list(TEXT_KEYS)} holds "
             f"text (has: {sorted(k for k, v in row.items() if v not in (None, ''))}).")
+    return text[1]
+
+
+def check_unique_ids(ids: list[str]) -> None:
+    """Ids name files, so two records may not share one."""
+    seen: dict[str, int] = {}
+    for index, rid in enumerate(ids):
+        if rid in seen:
+            raise ScienceT2IError(f"records {seen[rid]} and {index} share the id {rid!r}; "
+                                  "ids name the generated images, so they must be unique.")
+        seen[rid] = index
+
+
+def record_from_row(row: dict, index: int, base: Path, *, real_key: str | None = None,
+                    generated_key: str | None = None) -> SciGenRecord:
+    rid = record_id(row, index)
+    text = problem_text(row, rid)
     real = None
     for key in (real_key,) if real_key else REAL_IMAGE_KEYS:
         real = _image_of(row, key, base, index)
@@ -154,7 +176,7 @@ def record_from_row(row: dict, index: int, base: Path, *, real_key: str | None =
             break
     generated = _image_of(row, generated_key, base, index) if generated_key else None
     subject = _text(row, SUBJECT_KEYS)
-    return SciGenRecord(id=rid, text=text[1], quizzes=_quizzes(row, rid),
+    return SciGenRecord(id=rid, text=text, quizzes=_quizzes(row, rid),
                         image_type=str(row.get("image_type") or "-").strip() or "-",
                         subject=subject[1] if subject else "-", real_image=real,
                         generated=generated, index=index,
@@ -181,12 +203,7 @@ def load_scigen_records(path: str | Path, split: str | None = None,
                                   f"{sorted(rows[0])}).")
     records = [record_from_row(row, i, base, real_key=real_key, generated_key=generated_key)
                for i, row in enumerate(rows)]
-    seen: dict[str, int] = {}
-    for r in records:
-        if r.id in seen:
-            raise ScienceT2IError(f"records {seen[r.id]} and {r.index} share the id {r.id!r}; "
-                                  "ids name the generated images, so they must be unique.")
-        seen[r.id] = r.index
+    check_unique_ids([r.id for r in records])
     return records
 
 
