@@ -78,6 +78,14 @@ def extract_code(reply: str) -> str | None:
     return None
 
 
+def _stop_if_cancelled(result: RenderResult) -> None:
+    """A render stopped by Cancel raises ComfyUI's interrupt, so the run shows as cancelled
+    (not as a failed figure to repair)."""
+    if getattr(result, "interrupted", False):
+        _comfy.check_interrupt()
+        raise ScienceT2IError("the figure render was cancelled.")
+
+
 @dataclass
 class ImgCoderResult:
     ok: bool
@@ -134,9 +142,7 @@ def draw_figure(backend: Any, problem: str, *, image_type: str = "", width: int 
             else:
                 result = render(code, width=width, height=height, dpi=dpi, limits=limits,
                                 should_stop=_comfy.interrupt_requested)
-                if getattr(result, "interrupted", False):
-                    _comfy.check_interrupt()  # raises ComfyUI's interrupt (Cancel)
-                    raise ScienceT2IError("the figure render was cancelled.")
+                _stop_if_cancelled(result)
                 if result.ok:
                     note(f"attempt {attempt}: rendered {result.width}x{result.height} px in "
                          f"{result.seconds:.2f} s")
@@ -243,9 +249,7 @@ class RenderFigureCodeNode:
             raise ScienceT2IError("the code was refused before running: " + "; ".join(problems))
         result = render_figure(code, width=width, height=height, dpi=dpi, limits=NODE_LIMITS,
                                should_stop=_comfy.interrupt_requested)
-        if result.interrupted:
-            _comfy.check_interrupt()  # raises ComfyUI's interrupt, so the run shows as cancelled
-            raise ScienceT2IError("the figure render was cancelled.")
+        _stop_if_cancelled(result)
         if not result.ok:
             raise ScienceT2IError(f"the figure code failed in the sandbox: {result.error}")
         log_text = f"rendered {result.width}x{result.height} px in {result.seconds:.2f} s"
