@@ -190,10 +190,8 @@ class VLMJudgeLoaderNode:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         # text-only language models (models/LLM) serve ImgCoder, which needs no images
-        local = (_comfy.list_models("vlm", extensions=(), include_dirs=True)
-                 + [f"LLM/{n}" for n in _comfy.list_models("LLM", extensions=(),
-                                                           include_dirs=True)]
-                 or ["(put a model folder in models/vlm)"])
+        from .judge_backends import list_local_models
+        local = list_local_models() or ["(put a model folder in models/vlm)"]
         return {"required": {
             "backend": (["local", "openai"], {"default": "local"}),
             "local_model": (local, {"tooltip": "backend local: a folder in models/vlm, or "

@@ -105,6 +105,13 @@ def list_vlms() -> list[str]:
     return _comfy.list_models("vlm", extensions=(), include_dirs=True)
 
 
+def list_local_models() -> list[str]:
+    """Every ``local:`` name: models/vlm's folders, then models/LLM's as ``LLM/<folder>``
+    (text only, for ImgCoder)."""
+    from .prompt_llm import list_llms
+    return list_vlms() + [f"LLM/{name}" for name in list_llms()]
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) \
