@@ -84,9 +84,10 @@ def build(workdir: Path) -> None:
 
 def _trainer(work: Path, args: argparse.Namespace, objective: str = "flow-dpo",
              model: str = "flux", *extra: str):
-    from science_t2i.training.config import load_config
-    from science_t2i.training.dpo import DPOConfig, DPOTrainer
-    cfg = load_config(DPOConfig, None, [
+    from science_t2i.training.core.config import load_config
+    from science_t2i.training.stage2.config import Stage2Config
+    from science_t2i.training.stage2.trainer import Stage2Trainer
+    cfg = load_config(Stage2Config, None, [
         f"model.path={work / model}", f"rollout.prompts={work / 'prompts.json'}",
         f"rollout.resolution={args.res}", f"rollout.steps={args.sample_steps}",
         f"rollout.prompts_per_round={args.pairs}", "rollout.samples_per_prompt=2",
@@ -95,14 +96,14 @@ def _trainer(work: Path, args: argparse.Namespace, objective: str = "flow-dpo",
         f"train.pairs_per_step={args.pairs}", f"train.mixed_precision={args.precision}",
         "train.gradient_checkpointing=false", "log.progress=false",
         f"output_dir={work / ('out-' + objective)}", *extra])
-    return DPOTrainer(cfg).setup()
+    return Stage2Trainer(cfg).setup()
 
 
 def _fake_pairs_batch(trainer, args):
     """A rollout buffer of random clean latents (B prompts x 2) without sampling."""
     import torch
-    from science_t2i.training.preference_losses import Pair
-    from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
+    from science_t2i.training.stage2.losses import Pair
+    from science_t2i.training.stage2.rollouts import RolloutBatch, RolloutPrompt
     b = args.pairs
     lh = lw = args.res // trainer.vae_scale
     c = trainer.unwrapped.config.in_channels
@@ -129,8 +130,8 @@ class Clock:
 
 def child_speed(args: argparse.Namespace) -> dict:
     import torch
-    from science_t2i.training.flux_math import flow_matching_loss
-    from science_t2i.training.flux_sampler import (latent_image_ids, predict_velocity,
+    from science_t2i.training.flux.flow_matching import flow_matching_loss
+    from science_t2i.training.flux.sampler import (latent_image_ids, predict_velocity,
                                                    sample_plain, sample_trajectory)
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
@@ -207,7 +208,7 @@ def _use_deep_copied_reference(trainer) -> None:
     import contextlib
 
     import torch
-    from science_t2i.training import dpo as dpo_mod
+    from science_t2i.training.stage2 import trainer as dpo_mod
     with torch.no_grad():
         ref = copy.deepcopy(trainer.unwrapped)
     ref.requires_grad_(False)
@@ -232,14 +233,15 @@ def _use_deep_copied_reference(trainer) -> None:
 
 
 def child_memory(args: argparse.Namespace) -> dict:
-    import torch
     # libraries first: their code and data are not the training step's memory
     import accelerate  # noqa: F401
     import diffusers  # noqa: F401
     import peft  # noqa: F401
+    import torch
     import transformers  # noqa: F401
     from diffusers import AutoencoderKL, FluxTransformer2DModel  # noqa: F401
-    from science_t2i.training import dpo, flux_model, rollouts  # noqa: F401
+    from science_t2i.training.flux import model as flux_model  # noqa: F401
+    from science_t2i.training.stage2 import rollouts, trainer  # noqa: F401
     torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
     if cuda:
@@ -257,8 +259,8 @@ def child_memory(args: argparse.Namespace) -> dict:
     import gc
     gc.collect()
     after_setup = rss_bytes() - base_rss
-    from science_t2i.training.preference_losses import Pair
-    from science_t2i.training.rollouts import RolloutBatch, RolloutPrompt
+    from science_t2i.training.stage2.losses import Pair
+    from science_t2i.training.stage2.rollouts import RolloutBatch, RolloutPrompt
     b = args.pairs
     lh = lw = MEM_RES // trainer.vae_scale
     c = trainer.unwrapped.config.in_channels

@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import builders  # benchmarks/ is the script's own folder
+import torch
 
 os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
 
@@ -44,7 +43,8 @@ def build_t_shaped(directory: Path, tiny) -> Path:
 
 
 def measure(model_dir: Path, size: int, n_images: int, repeats: int) -> dict:
-    from science_t2i.nodes.masks import load_grounding_dino, prepare_caption, subject_masks
+    from science_t2i.nodes.masks.gdino import load_grounding_dino, prepare_caption
+    from science_t2i.nodes.masks.subject import subject_masks
     m = load_grounding_dino(str(model_dir), device="cpu", image_size=size)
     torch.manual_seed(1)
     images = torch.rand(n_images, size, size, 3)
@@ -73,8 +73,8 @@ def measure(model_dir: Path, size: int, n_images: int, repeats: int) -> dict:
 def check_conversion(tiny, directory: Path) -> float:
     """Full-size round trip through the original .pth layout: largest |output difference|."""
     from safetensors.torch import load_file
+    from science_t2i.nodes.masks.gdino_original import load_original_checkpoint
     from transformers import BertConfig, GroundingDinoForObjectDetection
-    from science_t2i.nodes.gdino_original import load_original_checkpoint
     src = GroundingDinoForObjectDetection.from_pretrained(str(directory)).eval()
     orig = directory.parent / "original"
     orig.mkdir(exist_ok=True)

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
     matplotlib.use("Agg")
-    from science_t2i.nodes.figure_sandbox import SandboxLimits, SandboxPool
+    from science_t2i.nodes.imgcoder.sandbox import SandboxLimits, SandboxPool
 
     size = {"width": args.width, "height": args.height, "dpi": args.dpi}
     limits = SandboxLimits()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -90,8 +91,9 @@ def random_clip_h():
 
 
 def build_scorer(args):
-    from science_t2i.nodes.clip_preprocess import CLIP_MEAN, CLIP_STD
-    from science_t2i.nodes.sciscore import SciScoreModel, _HFBackend, load_sciscore
+    from science_t2i.nodes.sciscore import load_sciscore
+    from science_t2i.nodes.sciscore.model import SciScoreModel, _HFBackend
+    from science_t2i.nodes.sciscore.preprocess import CLIP_MEAN, CLIP_STD
     if args.model:
         return load_sciscore(args.model, device="cpu", dtype="fp32", batch_size=args.batch_size)
     backend = _HFBackend(random_clip_h(), clip_tokenizer())
@@ -102,7 +104,7 @@ def build_scorer(args):
 
 def twin(scorer, **changes):
     """The same weights and settings, with ``changes`` (compile=True, onednn=False)."""
-    from science_t2i.nodes.sciscore import SciScoreModel
+    from science_t2i.nodes.sciscore.model import SciScoreModel
     settings = {"compile": scorer.compile, "onednn": scorer.onednn,
                 "preprocess": scorer.preprocess, **changes}
     return SciScoreModel(scorer._backend, name=scorer.name, image_size=scorer.image_size,
@@ -129,7 +131,7 @@ def gemms(n: int) -> dict:
     """name -> a call running one fp32 n x n x n GEMM."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     calls = {"torch.mm": lambda: torch.mm(a, b)}
-    from science_t2i.nodes import clip_onednn
+    from science_t2i.nodes.sciscore import onednn as clip_onednn
     if clip_onednn.available():
         packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), n)
         calls["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none",
@@ -166,7 +168,7 @@ def reference_processor(scorer):
 def run_reference(scorer, processor, images, prompt) -> tuple[Clock, torch.Tensor]:
     """The paper's evaluation style: PIL images through CLIPImageProcessor, one full model
     call per (prompt, image) pair, the prompt tokenised and encoded again each time."""
-    from science_t2i.nodes.images import to_pil
+    from science_t2i.nodes.core.images import to_pil
     clip, tok = scorer.clip, scorer.tokenizer
     scores = []
     with Clock() as clock, torch.no_grad():
@@ -182,7 +184,7 @@ def run_reference(scorer, processor, images, prompt) -> tuple[Clock, torch.Tenso
 
 def run_preprocess(scorer, images, mode: str) -> Clock:
     """The image preprocessing alone (what ``encode_images`` does before the tower)."""
-    from science_t2i.nodes.sciscore import image_views
+    from science_t2i.nodes.sciscore.model import image_views
     saved, scorer.preprocess = scorer.preprocess, mode
     views = image_views(images)
     try:
@@ -203,7 +205,7 @@ def run_ours(scorer, images, prompt) -> tuple[Clock, Clock, torch.Tensor]:
     return total, images_only, scores
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="a SciScore/CLIP folder (default: random CLIP-H)")
     p.add_argument("-n", "--images", type=int, default=4)
@@ -214,26 +216,23 @@ def main() -> None:
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--compile", action="store_true",
                    help="also measure the scorer with compile=True (adds the compilation time)")
-    args = p.parse_args()
-    os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, "
-          f"{args.images} images of {args.input_size}x{args.input_size} x 1 prompt")
+    return p.parse_args()
 
+
+def prepare(args: argparse.Namespace) -> SimpleNamespace:
+    """The scorers to compare (the pack's, its two forwards, compiled), warmed up."""
     t = time.perf_counter()
     scorer = build_scorer(args)
     n_params = sum(p.numel() for p in scorer.module.parameters())
     print(f"model: {scorer.name} ({n_params / 1e6:.0f} M parameters), built in "
           f"{time.perf_counter() - t:.1f} s")
     tokens = len(scorer.tokenizer(PROMPT, truncation=True, max_length=77)["input_ids"])
-    text_gflop = TEXT_GFLOP_77 * tokens / 77
-
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.images, args.input_size, args.input_size, 3, generator=g)
     processor = reference_processor(scorer)
     # the pack's scorer (its default: onednn="auto"), the same with transformers' own forward
     # and with oneDNN's fused towers forced
-    from science_t2i.nodes.clip_onednn import LABELS
+    from science_t2i.nodes.sciscore.onednn import LABELS
     with Clock() as c:
         choice = scorer.cpu_path()  # the one-time decision (cached for the warm-up and runs)
     print(f"auto chose {LABELS[choice.path]} (decided in {c.wall * 1e3:.0f} ms): {choice.reason}")
@@ -250,70 +249,89 @@ def main() -> None:
         if comp._compile_failed:
             print("torch.compile failed (see the warning); the compiled row runs eager")
         print(f"compile=True: first batch (compilation) {c.wall:.1f} s wall")
+    return SimpleNamespace(scorer=scorer, scorers=scorers, images=images, processor=processor,
+                           choice=choice, tokens=tokens, text_gflop=TEXT_GFLOP_77 * tokens / 77)
 
+
+def measure(args: argparse.Namespace, ctx: SimpleNamespace) -> SimpleNamespace:
+    """Every path, alternating, ``args.repeats`` times; GEMM peaks measured in between."""
     calls = gemms(args.matmul_size)
-    mm = [gemm_seconds(calls, reps=5)]
-    totals = {k: [] for k in scorers}
-    image_only = {k: [] for k in scorers}
-    prep = {"exact": [], "fast": []}
-    scores = {}
-    ref = []
+    res = SimpleNamespace(calls=calls, mm=[gemm_seconds(calls, reps=5)],
+                          totals={k: [] for k in ctx.scorers},
+                          image_only={k: [] for k in ctx.scorers},
+                          prep={"exact": [], "fast": []}, scores={}, ref=[], s_ref=None)
     for _ in range(args.repeats):  # alternate, so background load hits all paths alike
-        for key, s in scorers.items():
-            total, img_only, scores[key] = run_ours(s, images, PROMPT)
-            totals[key].append(total), image_only[key].append(img_only)
-        for mode in prep:
-            prep[mode].append(run_preprocess(scorer, images, mode))
-        rt, s_ref = run_reference(scorer, processor, images, PROMPT)
-        ref.append(rt)
-        mm.append(gemm_seconds(calls, reps=5))  # the best of all counts
+        for key, s in ctx.scorers.items():
+            total, img_only, res.scores[key] = run_ours(s, ctx.images, PROMPT)
+            res.totals[key].append(total), res.image_only[key].append(img_only)
+        for mode in res.prep:
+            res.prep[mode].append(run_preprocess(ctx.scorer, ctx.images, mode))
+        rt, res.s_ref = run_reference(ctx.scorer, ctx.processor, ctx.images, PROMPT)
+        res.ref.append(rt)
+        res.mm.append(gemm_seconds(calls, reps=5))  # the best of all counts
+    return res
 
-    n, th = args.images, torch.get_num_threads()
+
+def report_clock(args: argparse.Namespace, ctx: SimpleNamespace, res: SimpleNamespace,
+                 label: str, key: str, norm: int) -> None:
+    """The table of one clock (wall, or CPU time per thread)."""
+    n = args.images
     mm_flop = 2 * args.matmul_size ** 3 / 1e9
-    flop_ours = n * IMAGE_GFLOP + text_gflop
-    flop_ref = n * (IMAGE_GFLOP + text_gflop)
-    print(f"prompt: {tokens} tokens -> {text_gflop:.1f} GFLOP per text encode")
-    for label, key, norm in (("wall clock", "wall", 1), ("CPU time / threads", "cpu", th)):
-        col = 0 if key == "wall" else 1
+    flop_ours = n * IMAGE_GFLOP + ctx.text_gflop
+    flop_ref = n * (IMAGE_GFLOP + ctx.text_gflop)
+    col = 0 if key == "wall" else 1
 
-        def best(clocks):
-            return min(getattr(c, key) for c in clocks) / norm
-        peaks = {name: mm_flop / min(m[name][col] / norm for m in mm) for name in calls}
+    def best(clocks):
+        return min(getattr(c, key) for c in clocks) / norm
+    peaks = {name: mm_flop / min(m[name][col] / norm for m in res.mm) for name in res.calls}
 
-        def of_matmul(gflops: float) -> str:
-            return ", ".join(f"{gflops / peak:6.1%} of {name}" for name, peak in peaks.items())
-        t_ref = best(ref)
-        print(f"-- by {label}")
-        for name, peak in peaks.items():
-            print(f"  fp32 GEMM {args.matmul_size}^3, {name:8}: {peak:7.1f} GFLOP/s")
-        for k in scorers:
-            t_all, t_img = best(totals[k]), best(image_only[k])
-            print(f"  {k:<19}: {t_all:6.2f} s  {n / t_all:6.3f} images/s  "
-                  f"{flop_ours / t_all:6.1f} GFLOP/s = {of_matmul(flop_ours / t_all)}; "
-                  f"{t_ref / t_all:.2f}x the reference path")
-            print(f"    images only (preprocess + image tower): "
-                  f"{n * IMAGE_GFLOP / t_img:6.1f} GFLOP/s = {of_matmul(n * IMAGE_GFLOP / t_img)}")
-        print(f"  {'reference':<19}: {t_ref:6.2f} s  {n / t_ref:6.3f} images/s  "
-              f"{flop_ref / t_ref:6.1f} GFLOP/s = {of_matmul(flop_ref / t_ref)}")
-        t_auto = best(totals[AUTO])
-        print(f"  speed-up of ours (auto: {choice.path}) over the reference path: "
-              f"{t_ref / t_auto:.3f}x; over onednn=False (PyTorch's forward): "
-              f"{best(totals['ours, onednn=False']) / t_auto:.3f}x; over onednn=True: "
-              f"{best(totals['ours, onednn=True']) / t_auto:.3f}x")
-        for mode, clocks in prep.items():
-            print(f"  {mode} preprocessing of {args.input_size} px images: "
-                  f"{best(clocks) / n * 1e3:6.1f} ms per image = "
-                  f"{best(clocks) / t_auto:.2%} of ours' scoring time")
+    def of_matmul(gflops: float) -> str:
+        return ", ".join(f"{gflops / peak:6.1%} of {name}" for name, peak in peaks.items())
+    t_ref = best(res.ref)
+    print(f"-- by {label}")
+    for name, peak in peaks.items():
+        print(f"  fp32 GEMM {args.matmul_size}^3, {name:8}: {peak:7.1f} GFLOP/s")
+    for k in ctx.scorers:
+        t_all, t_img = best(res.totals[k]), best(res.image_only[k])
+        print(f"  {k:<19}: {t_all:6.2f} s  {n / t_all:6.3f} images/s  "
+              f"{flop_ours / t_all:6.1f} GFLOP/s = {of_matmul(flop_ours / t_all)}; "
+              f"{t_ref / t_all:.2f}x the reference path")
+        print(f"    images only (preprocess + image tower): "
+              f"{n * IMAGE_GFLOP / t_img:6.1f} GFLOP/s = {of_matmul(n * IMAGE_GFLOP / t_img)}")
+    print(f"  {'reference':<19}: {t_ref:6.2f} s  {n / t_ref:6.3f} images/s  "
+          f"{flop_ref / t_ref:6.1f} GFLOP/s = {of_matmul(flop_ref / t_ref)}")
+    t_auto = best(res.totals[AUTO])
+    print(f"  speed-up of ours (auto: {ctx.choice.path}) over the reference path: "
+          f"{t_ref / t_auto:.3f}x; over onednn=False (PyTorch's forward): "
+          f"{best(res.totals['ours, onednn=False']) / t_auto:.3f}x; over onednn=True: "
+          f"{best(res.totals['ours, onednn=True']) / t_auto:.3f}x")
+    for mode, clocks in res.prep.items():
+        print(f"  {mode} preprocessing of {args.input_size} px images: "
+              f"{best(clocks) / n * 1e3:6.1f} ms per image = "
+              f"{best(clocks) / t_auto:.2%} of ours' scoring time")
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("SCIENCE_T2I_NO_PROGRESS", "1")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, "
+          f"{args.images} images of {args.input_size}x{args.input_size} x 1 prompt")
+    ctx = prepare(args)
+    res = measure(args, ctx)
+    print(f"prompt: {ctx.tokens} tokens -> {ctx.text_gflop:.1f} GFLOP per text encode")
+    report_clock(args, ctx, res, "wall clock", "wall", 1)
+    report_clock(args, ctx, res, "CPU time / threads", "cpu", torch.get_num_threads())
     print(f"max |score difference| ours vs reference: "
-          f"{(scores[AUTO] - s_ref).abs().max().item():.4f} "
-          f"(scale exp(logit_scale) = {scorer.logit_scale_exp:.1f})")
-    for k in scorers:
+          f"{(res.scores[AUTO] - res.s_ref).abs().max().item():.4f} "
+          f"(scale exp(logit_scale) = {ctx.scorer.logit_scale_exp:.1f})")
+    for k in ctx.scorers:
         if k != AUTO:
             print(f"max |score difference| {k} vs ours: "
-                  f"{(scores[k] - scores[AUTO]).abs().max().item():.2e}")
+                  f"{(res.scores[k] - res.scores[AUTO]).abs().max().item():.2e}")
     print("wall seconds per run: " + ", ".join(
-        f"{k} {[round(c.wall, 1) for c in v]}" for k, v in totals.items())
-        + f", reference {[round(c.wall, 1) for c in ref]}")
+        f"{k} {[round(c.wall, 1) for c in v]}" for k, v in res.totals.items())
+        + f", reference {[round(c.wall, 1) for c in res.ref]}")
     if hasattr(os, "getloadavg"):  # other work on the machine skews the wall-clock figures
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 

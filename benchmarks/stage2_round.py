@@ -52,7 +52,7 @@ def flux_dev(lora: bool = False):
         model = FluxTransformer2DModel(**FLUX_DEV)
         model.requires_grad_(False)
         if lora:
-            from science_t2i.training.flux_model import attach_lora
+            from science_t2i.training.flux.model import attach_lora
             attach_lora(model, 16, 16.0, "gaussian")
     return model
 

@@ -48,8 +48,7 @@ SETUPS = {  # name: (cache enabled, gradient checkpointing)
 def build(workdir: Path, res: int) -> tuple[Path, Path]:
     import numpy as np
     from PIL import Image
-
-    from science_t2i.training.datasets import write_jsonl_dataset
+    from science_t2i.training.core.datasets import write_jsonl_dataset
     tf = tiny_flux()
     tf.build_tiny_flux_pipeline(workdir / "flux", step_spec(tf))
     rng = np.random.default_rng(0)
@@ -61,8 +60,9 @@ def build(workdir: Path, res: int) -> tuple[Path, Path]:
 
 
 def _trainer(args: argparse.Namespace, cache_on: bool, gc_on: bool):
-    from science_t2i.training.config import load_config
-    from science_t2i.training.sft import SFTConfig, SFTTrainer
+    from science_t2i.training.core.config import load_config
+    from science_t2i.training.sft.config import SFTConfig
+    from science_t2i.training.sft.trainer import SFTTrainer
     work = Path(args.workdir)
     cfg = load_config(SFTConfig, None, [
         f"model.path={work / 'flux'}", f"data.path={work / 'data' / 'data.jsonl'}",
@@ -86,8 +86,7 @@ def child_ddp(args: argparse.Namespace) -> None:
 
 def child(args: argparse.Namespace) -> None:
     import torch
-
-    from science_t2i.training.flux_math import flow_matching_loss
+    from science_t2i.training.flux.flow_matching import flow_matching_loss
 
     torch.set_num_threads(args.threads)
     trainer = _trainer(args, *SETUPS[args.child])

@@ -5,8 +5,8 @@ import os
 import sys
 import time
 
-from science_t2i.training import checkpoints
 from science_t2i.training.cli import main
+from science_t2i.training.core import checkpoints
 
 _write_part = checkpoints.CheckpointManager.write_part
 _kill_at = f"checkpoint-{int(os.environ['KILL_AT_STEP']):08d}"

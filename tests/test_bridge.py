@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from science_t2i.nodes import _comfy
 
 
@@ -78,7 +77,8 @@ def test_lora_functions_need_comfy_standalone():
 def test_atomic_writes_get_normal_permissions_and_keep_old_file_on_failure(tmp_path):
     import os
     import stat
-    from science_t2i.nodes.files import atomic_path, write_json_atomic
+
+    from science_t2i.nodes.core.files import atomic_path, write_json_atomic
     target = tmp_path / "out.json"
     write_json_atomic(target, {"a": 1})
     mask = os.umask(0)
@@ -93,7 +93,7 @@ def test_atomic_writes_get_normal_permissions_and_keep_old_file_on_failure(tmp_p
 
 
 def test_atomic_directory_swaps_whole_folders_and_keeps_the_old_one_on_failure(tmp_path):
-    from science_t2i.nodes.files import atomic_directory
+    from science_t2i.nodes.core.files import atomic_directory
     target = tmp_path / "best"
     with atomic_directory(target) as tmp:
         (tmp / "a.txt").write_text("1")

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.training.cli import EXIT_PIPE_CLOSED, build_parser, main, parse_args
-from science_t2i.training.datasets import load_records, write_jsonl_dataset
-from science_t2i.training.rollouts import load_rollout_prompts
+from science_t2i.training.core.datasets import load_records, write_jsonl_dataset
+from science_t2i.training.stage2.rollouts import load_rollout_prompts
 from tiny_clip import build_tiny_clip
 from tiny_dpo import write_prompts
 from tiny_science_scenes import write_science_dataset
@@ -174,7 +173,7 @@ def test_full_disk_while_writing_eval_results(clip_dir, dataset, tmp_path, monke
 
 
 def test_full_disk_while_training(tmp_path, monkeypatch, capsys):
-    from science_t2i.nodes import files
+    from science_t2i.nodes.core import files
     clip = build_tiny_clip(tmp_path / "clip", image_size=32, seed=0)
     data = write_science_dataset(tmp_path / "data", 4, seed=1, images_per_side=1)
     monkeypatch.setattr(files, "write_bytes_atomic", _disk_full)

@@ -5,10 +5,9 @@ import logging
 
 import pytest
 import torch
-
-from science_t2i.nodes import clip_onednn
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.sciscore import load_sciscore
+from science_t2i.nodes.sciscore import onednn as clip_onednn
 from tiny_clip import TINY_OPEN_CLIP_CFG, build_tiny_clip, random_uint8_images, tiny_clip_config
 
 pytestmark = pytest.mark.skipif(not clip_onednn.available(),

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from science_t2i.nodes.clip_preprocess import CLIP_MEAN, CLIP_STD, preprocess_images
-from science_t2i.nodes.pil_resample import installed_pillow_order, resize_uint8
 from science_t2i.nodes.sciscore import load_sciscore
+from science_t2i.nodes.sciscore.pil_resample import installed_pillow_order, resize_uint8
+from science_t2i.nodes.sciscore.preprocess import CLIP_MEAN, CLIP_STD, preprocess_images
 from tiny_clip import build_tiny_clip, pil_clip_processor
 
 # documented in README ("SciScore pixels"): fast mode's largest difference to the processor

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import copy
-
 import json
 from pathlib import Path
 
 import pytest
 import torch
-
 from fake_comfy import FakeComfy
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.comfy_client import (
-    ComfyRolloutClient, ComfyServer, RolloutRequest, fill_workflow, load_workflow)
+from science_t2i.training.stage2.comfy_rollouts import (ComfyRolloutClient, ComfyServer,
+                                                        RolloutRequest, fill_workflow,
+                                                        load_workflow)
 
 ROLLOUT = Path(__file__).resolve().parents[1] / "workflows" / "api" / "rollout.json"
 

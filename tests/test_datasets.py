@@ -6,9 +6,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.datasets import ImageRef, load_records, write_jsonl_dataset
+from science_t2i.training.core.datasets import ImageRef, load_records, write_jsonl_dataset
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 20)]
 

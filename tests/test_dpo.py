@@ -12,28 +12,27 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fake_comfy import FakeComfy
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.config import load_config, save_config
-from science_t2i.training.dpo import DPOConfig, DPOTrainer, train_dpo
-from science_t2i.training.reference_policy import adapter_disabled
-from science_t2i.training.flux_sampler import FluxConditioning, latent_image_ids, predict_velocity
-from science_t2i.training.rollouts import RolloutPrompt
-from tiny_dpo import RES, dpo_overrides
-from tiny_dpo import flux_dir, prompts  # noqa: F401  (shared fixtures)
+from science_t2i.training.core.config import load_config, save_config
+from science_t2i.training.flux.reference_policy import adapter_disabled
+from science_t2i.training.flux.sampler import FluxConditioning, latent_image_ids, predict_velocity
+from science_t2i.training.stage2.config import Stage2Config
+from science_t2i.training.stage2.rollouts import RolloutPrompt
+from science_t2i.training.stage2.trainer import Stage2Trainer, train_stage2
+from tiny_dpo import RES, dpo_overrides, flux_dir, prompts  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def cfg_for(flux_dir, prompts, out, *extra) -> DPOConfig:
-    return load_config(DPOConfig, None, dpo_overrides(flux_dir, prompts, out, *extra))
+def cfg_for(flux_dir, prompts, out, *extra) -> Stage2Config:
+    return load_config(Stage2Config, None, dpo_overrides(flux_dir, prompts, out, *extra))
 
 
 EVAL_PROMPTS = [RolloutPrompt(f"a red apple number {i}", "apple") for i in range(6)]
 
 
-def fresh_reward(trainer: DPOTrainer) -> float:
+def fresh_reward(trainer: Stage2Trainer) -> float:
     """Mean reward of fresh rollouts with fixed prompts and seed (not used in training)."""
     seeds = [987654 + i for i in range(len(EVAL_PROMPTS))]
     return float(trainer.source.generate(EVAL_PROMPTS, 8, seeds).rewards.mean())
@@ -61,7 +60,7 @@ def test_a_few_dozen_steps_raise_the_reward_of_fresh_rollouts(flux_dir, prompts,
     cfg = cfg_for(flux_dir, prompts, tmp_path / "run", f"objective.kind={objective}",
                   "rollout.samples_per_prompt=16", "train.rounds=30", "checkpoint.every=1000",
                   *extra)
-    trainer = DPOTrainer(cfg).setup()
+    trainer = Stage2Trainer(cfg).setup()
     before = fresh_reward(trainer)
     lora = trainer.run()
     after = fresh_reward(trainer)
@@ -79,7 +78,7 @@ def test_a_few_dozen_steps_raise_the_reward_of_fresh_rollouts(flux_dir, prompts,
 
 def test_reference_is_the_base_model_without_a_second_copy(flux_dir, prompts, tmp_path):
     from diffusers import FluxTransformer2DModel
-    trainer = DPOTrainer(cfg_for(flux_dir, prompts, tmp_path / "r", "train.rounds=1")).setup()
+    trainer = Stage2Trainer(cfg_for(flux_dir, prompts, tmp_path / "r", "train.rounds=1")).setup()
     model = trainer.model
     with torch.no_grad():  # make the adapter do something
         for name, p in model.named_parameters():
@@ -116,8 +115,8 @@ def test_reference_is_the_base_model_without_a_second_copy(flux_dir, prompts, tm
 
 def test_sft_lora_is_the_reference_and_the_export_stacks_both(flux_dir, prompts, tmp_path):
     from diffusers import FluxTransformer2DModel
-    from science_t2i.nodes.lora import read_lora, save_flux_lora
-    from science_t2i.training.flux_model import attach_lora
+    from science_t2i.nodes.lora.files import read_lora, save_flux_lora
+    from science_t2i.training.flux.model import attach_lora
     sft = FluxTransformer2DModel.from_pretrained(str(flux_dir), subfolder="transformer")
     attach_lora(sft, rank=2, alpha=4.0)
     with torch.no_grad():
@@ -131,7 +130,7 @@ def test_sft_lora_is_the_reference_and_the_export_stacks_both(flux_dir, prompts,
 
     cfg = cfg_for(flux_dir, prompts, tmp_path / "oft", f"model.sft_lora={sft_file}",
                   "train.rounds=2")
-    trainer = DPOTrainer(cfg).setup()
+    trainer = Stage2Trainer(cfg).setup()
     with torch.no_grad(), adapter_disabled(trainer.model):
         assert torch.allclose(_velocity(trainer.model, cond, x, 0.4), sft_out, atol=1e-5)
     out = trainer.run()
@@ -169,7 +168,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(flux_dir, prompts, tmp_
     extra = ("objective.kind=oft", "train.rounds=2", "rollout.prompts_per_round=3",
              "rollout.steps=3", "train.pairs_per_step=1", "checkpoint.every=2",
              "checkpoint.keep_last=0")
-    straight = train_dpo(cfg_for(flux_dir, prompts, tmp_path / "straight", *extra))
+    straight = train_stage2(cfg_for(flux_dir, prompts, tmp_path / "straight", *extra))
 
     out = tmp_path / "killed"
     cfg = cfg_for(flux_dir, prompts, out, *extra)
@@ -190,7 +189,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(flux_dir, prompts, tmp_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    from science_t2i.training.checkpoints import CheckpointManager
+    from science_t2i.training.core.checkpoints import CheckpointManager
     saved = CheckpointManager(out / "checkpoints").load(ckpt)
     assert saved["round"] == 0 and saved["position"] == 2
     assert saved["round_rewards"].shape == (3, 4)
@@ -198,12 +197,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(flux_dir, prompts, tmp_
     assert part["buffer"]["trajectory"]["latents"].shape[:2] == (12, 4)
     assert "rng" in part and part["buffer"]["prompt_indices"] == [0, 1, 2]
 
-    resumed = train_dpo(cfg, resume=True)
+    resumed = train_stage2(cfg, resume=True)
     a, b = _lora(straight), _lora(resumed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-    from science_t2i.training.run_log import RunLog
+    from science_t2i.training.core.run_log import RunLog
     records = RunLog(out).records()
     assert [r["round"] for r in records if "reward_mean" in r] == [0, 1]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))
@@ -216,12 +215,12 @@ def test_resume_at_a_round_boundary_logs_each_round_once(flux_dir, prompts, tmp_
     extra = ("objective.kind=flow-dpo", "train.rounds=2", "rollout.prompts_per_round=3",
              "train.pairs_per_step=1", "checkpoint.every=3", "checkpoint.keep_last=0")
     out = tmp_path / "run"
-    straight = _lora(train_dpo(cfg_for(flux_dir, prompts, out, *extra)))
+    straight = _lora(train_stage2(cfg_for(flux_dir, prompts, out, *extra)))
     shutil.rmtree(out / "checkpoints" / "checkpoint-00000006")   # as if killed after step 5
-    resumed = _lora(train_dpo(cfg_for(flux_dir, prompts, out, *extra), resume=True))
+    resumed = _lora(train_stage2(cfg_for(flux_dir, prompts, out, *extra), resume=True))
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
-    from science_t2i.training.run_log import RunLog
+    from science_t2i.training.core.run_log import RunLog
     records = RunLog(out).records()
     assert [r["round"] for r in records if "reward_mean" in r] == [0, 1]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))
@@ -235,7 +234,7 @@ def test_flow_dpo_with_rollouts_on_comfyui_servers(flux_dir, prompts, tmp_path):
         cfg = cfg_for(flux_dir, prompts, tmp_path / "c", "rollout.source=comfy",
                       "objective.kind=flow-dpo", "train.rounds=2", "comfy.poll_interval=0.01",
                       f"comfy.lora_dir={loras}", "mask.enabled=true")
-        trainer = DPOTrainer(cfg, comfy_servers=[a.url, b.url]).setup()
+        trainer = Stage2Trainer(cfg, comfy_servers=[a.url, b.url]).setup()
         probe = trainer.source.generate(EVAL_PROMPTS[:2], 4, [1, 2])
         path = trainer.run()
     # the graph's subject masks (the fake draws the left half) on the 4x4 latent grid
@@ -266,19 +265,19 @@ def test_bad_settings_are_explained(flux_dir, prompts, tmp_path):
     with pytest.raises(ScienceT2IError, match="rollout.churn"):
         cfg_for(flux_dir, prompts, tmp_path, "rollout.churn=0")
     with pytest.raises(ScienceT2IError, match="rollout.prompts is not set"):
-        DPOTrainer(cfg_for(flux_dir, prompts, tmp_path, "rollout.prompts=")).setup()
+        Stage2Trainer(cfg_for(flux_dir, prompts, tmp_path, "rollout.prompts=")).setup()
     bad = tmp_path / "bad.json"
     bad.write_text('[{"object": "glass"}]')
     with pytest.raises(ScienceT2IError, match="entry 0 has no \"prompt\""):
-        DPOTrainer(cfg_for(flux_dir, prompts, tmp_path, f"rollout.prompts={bad}")).setup()
+        Stage2Trainer(cfg_for(flux_dir, prompts, tmp_path, f"rollout.prompts={bad}")).setup()
     with pytest.raises(ScienceT2IError, match="needs servers"):
-        DPOTrainer(cfg_for(flux_dir, prompts, tmp_path, "rollout.source=comfy",
+        Stage2Trainer(cfg_for(flux_dir, prompts, tmp_path, "rollout.source=comfy",
                            "objective.kind=flow-dpo")).setup()
 
 
 def test_paper_defaults_and_the_cli(capsys):
     from science_t2i.training.cli import main
-    cfg = DPOConfig()
+    cfg = Stage2Config()
     assert (cfg.objective.kind, cfg.objective.eps, cfg.objective.beta) == ("oft", 0.1, 10.0)
     assert (cfg.rollout.steps, cfg.rollout.churn, cfg.rollout.guidance,
             cfg.rollout.resolution, cfg.rollout.samples_per_prompt) == (30, 0.1, 0.0, 512, 2)
@@ -293,13 +292,13 @@ def test_paper_defaults_and_the_cli(capsys):
 # ----------------------------------------------------------------------------- subject masks
 
 def test_masked_oft_with_grounding_dino_subject_masks(flux_dir, prompts, tmp_path):
-    from science_t2i.nodes.masks import load_grounding_dino
+    from science_t2i.nodes.masks.gdino import load_grounding_dino
     from tiny_gdino import build_tiny_gdino
     gdino = build_tiny_gdino(tmp_path / "grounding-dino-tiny-test")
     cfg = cfg_for(flux_dir, prompts, tmp_path / "m", "mask.enabled=true", f"mask.model={gdino}",
                   "mask.box_threshold=0.05", "mask.text_threshold=0.05", "train.rounds=1",
                   "objective.kind=oft")
-    trainer = DPOTrainer(cfg).setup()
+    trainer = Stage2Trainer(cfg).setup()
     batch = trainer.source.generate(EVAL_PROMPTS[:2], 2, [3, 4])
     assert batch.latent_masks.shape == (4, 1, 4, 4)
     # independently: the detector's merged box, cut on the 4x4 latent grid by truncation

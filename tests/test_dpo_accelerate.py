@@ -3,25 +3,23 @@ adapter switch, the precision reaching the one Accelerator. (Several processes:
 test_multiprocess.py.)"""
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.config import load_config
-from science_t2i.training.dpo import DPOConfig, DPOTrainer
-from science_t2i.training.reference_policy import adapter_disabled
-from science_t2i.training.flux_sampler import latent_image_ids, predict_velocity
-from science_t2i.training.preference_losses import Pair
-from tiny_dpo import RES, dpo_overrides
-from tiny_dpo import flux_dir, prompts  # noqa: F401  (shared fixtures)
+from science_t2i.training.core.config import load_config
+from science_t2i.training.flux.reference_policy import adapter_disabled
+from science_t2i.training.flux.sampler import latent_image_ids, predict_velocity
+from science_t2i.training.stage2.config import Stage2Config
+from science_t2i.training.stage2.losses import Pair
+from science_t2i.training.stage2.trainer import Stage2Trainer
+from tiny_dpo import RES, dpo_overrides, flux_dir, prompts  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def trainer_for(flux_dir, prompts, out, *extra) -> DPOTrainer:
-    cfg = load_config(DPOConfig, None, dpo_overrides(flux_dir, prompts, out, *extra))
-    return DPOTrainer(cfg).setup()
+def trainer_for(flux_dir, prompts, out, *extra) -> Stage2Trainer:
+    cfg = load_config(Stage2Config, None, dpo_overrides(flux_dir, prompts, out, *extra))
+    return Stage2Trainer(cfg).setup()
 
 
 def _grads(trainer) -> list[torch.Tensor]:
@@ -101,7 +99,7 @@ def test_the_adapter_switch_gives_the_reference(flux_dir, prompts, tmp_path):
 
 def test_grad_accum_must_be_positive(flux_dir, prompts, tmp_path):
     with pytest.raises(ScienceT2IError, match="train.grad_accum must be >= 1"):
-        load_config(DPOConfig, None, dpo_overrides(flux_dir, prompts, tmp_path,
+        load_config(Stage2Config, None, dpo_overrides(flux_dir, prompts, tmp_path,
                                                    "train.grad_accum=0"))
 
 
@@ -110,8 +108,7 @@ def test_mixed_precision_reaches_the_one_accelerator(flux_dir, prompts, tmp_path
     # setting one (PartialState), or the bf16 Accelerator is refused on CUDA. CPU stands in
     # for CUDA here by letting bf16 through.
     from accelerate.state import AcceleratorState
-
-    from science_t2i.training import trainer as core
+    from science_t2i.training.core import accelerator as core
     monkeypatch.setattr(core, "resolve_precision", lambda requested, device: requested)
     AcceleratorState._reset_state(True)
     try:

@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.preference_losses import (
-    flow_dpo_loss, flow_matching_inputs, masked_mse, oft_loss, select_pairs)
+from science_t2i.training.stage2.losses import (flow_dpo_loss, flow_matching_inputs, masked_mse,
+                                                oft_loss, select_pairs)
 
 
 def _logsig(z: float) -> float:

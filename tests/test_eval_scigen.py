@@ -7,13 +7,13 @@ import json
 
 import pytest
 from PIL import Image
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.judge_backends import JudgeError
+from science_t2i.nodes.lmm import LMMError
 from science_t2i.training.cli import main
-from science_t2i.training.judge_cache import JudgeCache
-from science_t2i.training.scigen_data import (load_scigen_records, split_inline_options)
-from science_t2i.training.scigen_eval import judge_image_set, summarise, summarise_groups
+from science_t2i.training.eval.judge_cache import JudgeCache
+from science_t2i.training.eval.scigen.data import load_scigen_records, split_inline_options
+from science_t2i.training.eval.scigen.judging import judge_image_set
+from science_t2i.training.eval.scigen.summary import summarise, summarise_groups
 
 RUBRIC_R1 = ("Reasoning: fine.\n```json\n{\"Correctness_Fidelity\": 2, \"Layout_Precision\": 2,"
              " \"Readability_Occlusion\": 1, \"Scientific_Plausibility\": 1, "
@@ -49,7 +49,7 @@ class ScriptedJudge:
         number = 1 if "second question" in text else 0
         self.calls.append((rid, kind, number))
         if rid in self.fail:
-            raise JudgeError("scripted: server down")
+            raise LMMError("scripted: server down")
         return REPLIES[(rid, kind, number)]
 
 
@@ -162,7 +162,7 @@ def test_cache_resumes_and_only_failed_calls_are_asked_again(bench, tmp_path):
 
 def test_cli_writes_tables_and_json(bench, tmp_path, monkeypatch, capsys):
     data, images = bench
-    import science_t2i.nodes.judge_backends as jb
+    import science_t2i.nodes.lmm as jb
     judge = ScriptedJudge(fail={"r5"})
     monkeypatch.setattr(jb, "backend_from_spec", lambda spec, **kw: judge)
     out = tmp_path / "report"
@@ -220,7 +220,7 @@ def test_duplicate_ids_are_refused(tmp_path):
 def test_standard_metrics_on_records_with_a_real_image(tmp_path, capsys):
     """PSNR / SSIM / CLIP land in the report for the records that have a real image only,
     equal to the metric functions on the same pair; FID is off (--no-fid) and says so."""
-    from science_t2i.training.scigen_metrics import StandardMetrics, pixel_metrics
+    from science_t2i.training.eval.scigen.metrics import StandardMetrics, pixel_metrics
     from tiny_clip import build_tiny_clip
     clip = build_tiny_clip(tmp_path / "clip")
     real = tmp_path / "real.png"
@@ -253,7 +253,7 @@ def test_standard_metrics_on_records_with_a_real_image(tmp_path, capsys):
 def test_real_images_from_a_folder_and_excluded_ids(tmp_path):
     """SciGenBench keeps SeePhys' real figures beside the records (seephys_images/<id>.png)
     and its hard mode leaves listed ids out."""
-    from science_t2i.training.scigen_metrics import pixel_metrics
+    from science_t2i.training.eval.scigen.metrics import pixel_metrics
     from tiny_clip import build_tiny_clip
     clip = build_tiny_clip(tmp_path / "clip")
     real_dir, gen = tmp_path / "seephys_images", tmp_path / "gen"
@@ -283,8 +283,9 @@ def test_real_images_from_a_folder_and_excluded_ids(tmp_path):
 def test_hub_layout_with_the_generated_images_inside_the_records(tmp_path, monkeypatch):
     """J017athan/SciGenBench: one config per model, rows of image (that model's output),
     original_question, answer, image_type, multimodal_question, no id (the row index)."""
-    import science_t2i.nodes.judge_backends as jb
-    from datasets import Dataset, Image as HFImage
+    import science_t2i.nodes.lmm as jb
+    from datasets import Dataset
+    from datasets import Image as HFImage
     images = [Image.new("RGB", (20, 20), (COLOURS[r], 0, 0)) for r in ("r1", "r2")]
     ds = Dataset.from_dict({
         "image": images, "original_question": ["Plot a parabola.", "A ray hits a mirror."],

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.training.cli import main
-from science_t2i.training.datasets import load_records, write_jsonl_dataset
-from science_t2i.training.evaluate import (accuracy_table, collect_generated, compare_runs,
-                                           normalized_difference, relative_improvement,
-                                           reward_accuracy, t2i_summary)
+from science_t2i.training.core.datasets import load_records, write_jsonl_dataset
+from science_t2i.training.eval.science_t2i import (accuracy_table, collect_generated, compare_runs,
+                                                   normalized_difference, relative_improvement,
+                                                   reward_accuracy, t2i_summary)
 from tiny_clip import build_tiny_clip, random_uint8_images, reference_sciscore
 
 

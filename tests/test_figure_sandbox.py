@@ -17,16 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from PIL import Image
-from science_t2i.nodes import figure_sandbox as fs
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.figure_sandbox import (
-    SandboxLimits,
-    SandboxPool,
-    check_code,
-    render_figure,
-)
+from science_t2i.nodes.imgcoder import sandbox as fs
+from science_t2i.nodes.imgcoder.code_check import ALLOWED_IMPORTS, check_code
+from science_t2i.nodes.imgcoder.sandbox import SandboxLimits, SandboxPool, render_figure
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = sorted((Path(__file__).parent / "figures").glob("*.py"))
@@ -307,7 +302,7 @@ def test_library_features_that_load_lazily_or_warn_still_work(pool):
         "b.set_title('Δx → ∞, 你好 ' + 'é'.encode('cp1252').decode('cp1252'))\n"
         "fig.autofmt_xdate()\n")
     assert check_code(code) == ["line 7: import of 'seaborn' is not allowed (allowed: "
-                                + ", ".join(sorted(fs.ALLOWED_IMPORTS)) + ")"]
+                                + ", ".join(sorted(ALLOWED_IMPORTS)) + ")"]
     result = pool.render(code, **SMALL, limits=FAST, _check=False)
     assert result.ok, result.error
 
@@ -405,7 +400,7 @@ def test_the_render_node_survives_every_hostile_program(pool, sentinel, monkeypa
     """Render Figure Code called as ComfyUI calls it: each program ends in the node's error
     (refused before running, or failed in the sandbox), never in a crash of this process,
     and the next graph still renders."""
-    from science_t2i.nodes import imgcoder
+    from science_t2i.nodes.imgcoder import node_classes as imgcoder
     monkeypatch.setattr(fs, "default_pool", lambda: pool)
     node = imgcoder.RenderFigureCodeNode()
     outcomes = {}
@@ -428,7 +423,7 @@ def test_root_is_dropped_only_where_others_can_reach_the_libraries():
     import stat
     import tempfile
 
-    from science_t2i.nodes.figure_sandbox_child import _others_can_read
+    from science_t2i.nodes.imgcoder.sandbox_child import _others_can_read
     base = Path(tempfile.mkdtemp(prefix="sandbox-perm-"))
     try:
         lib = base / "lib" / "matplotlib"

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from science_t2i.nodes import _comfy, files, masks
+from science_t2i.nodes import _comfy, masks
+from science_t2i.nodes.core import files
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.sciscore_loading import DEFAULT_SCISCORE, HUB_PATTERNS, resolve_source
+from science_t2i.nodes.masks.gdino import download_grounding_dino
+from science_t2i.nodes.sciscore.loading import DEFAULT_SCISCORE, HUB_PATTERNS, resolve_source
 from tiny_clip import build_tiny_clip
 
-PACKAGE = Path(files.__file__).resolve().parents[1]
+PACKAGE = Path(files.__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +69,12 @@ def umask(request):
 def test_everything_written_gets_the_mode_plain_tools_give(umask, tmp_path, tiny_clip_dir,
                                                            monkeypatch, online):
     import huggingface_hub
-    from science_t2i.nodes.lora import save_flux_lora
-    from science_t2i.nodes.save_scored import save_scored_pngs
-    from science_t2i.nodes.sciscore_loading import load_clip_directory
-    from science_t2i.training.checkpoints import CheckpointManager
-    from science_t2i.training.latent_cache import LatentCache
-    from science_t2i.training.train_sciscore import save_sciscore_folder
+    from science_t2i.nodes.lora.files import save_flux_lora
+    from science_t2i.nodes.sciscore.loading import load_clip_directory
+    from science_t2i.nodes.sciscore.save import save_scored_pngs
+    from science_t2i.training.core.checkpoints import CheckpointManager
+    from science_t2i.training.flux.latent_cache import LatentCache
+    from science_t2i.training.sciscore.trainer import save_sciscore_folder
     from tiny_lora import tiny_lora_transformer
 
     out = tmp_path / "out"
@@ -214,9 +215,9 @@ def test_a_kill_at_any_moment_of_a_best_swap_keeps_best_and_the_next_start_or_sa
 
 
 def test_sciscore_trainer_start_restores_best_after_a_kill_mid_swap(tiny_clip_dir, tmp_path):
-    from science_t2i.nodes.sciscore_loading import load_clip_directory
-    from science_t2i.training import train_sciscore as ts
-    from science_t2i.training.config import load_config
+    from science_t2i.nodes.sciscore.loading import load_clip_directory
+    from science_t2i.training.core.config import load_config
+    from science_t2i.training.sciscore import trainer as ts
     from tiny_science_scenes import write_science_dataset
 
     data = write_science_dataset(tmp_path / "data", 2, seed=1, images_per_side=1)
@@ -253,7 +254,7 @@ def test_offline_download_creates_nothing_and_names_the_hf_command(bare_cwd):
 
 
 def test_the_hf_command_in_the_hint_parses(tmp_path):
-    from science_t2i.nodes import hub
+    from science_t2i.nodes.core import hub
     exe = Path(sys.executable).with_name("hf")
     if not exe.is_file():
         pytest.skip("huggingface_hub's hf command is not installed here")
@@ -322,7 +323,7 @@ def test_grounding_dino_downloads_through_the_same_atomic_helper(bare_cwd, onlin
             assert not target.exists()
         return local_dir
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    assert masks._download(masks.DEFAULT_GDINO) == target
+    assert download_grounding_dino(masks.DEFAULT_GDINO) == target
     assert sorted(p.name for p in target.iterdir()) == files_written
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
 
@@ -330,7 +331,7 @@ def test_grounding_dino_downloads_through_the_same_atomic_helper(bare_cwd, onlin
     shutil.rmtree(bare_cwd / "models")
     files_written = ["model.safetensors"]
     with pytest.raises(ScienceT2IError, match="(?s)has no config.json.*hf download"):
-        masks._download(masks.DEFAULT_GDINO)
+        download_grounding_dino(masks.DEFAULT_GDINO)
     assert list(bare_cwd.iterdir()) == []
 
 

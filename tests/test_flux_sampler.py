@@ -6,10 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.distributions import Normal
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training import flux_sampler as fs
+from science_t2i.training.flux import sampler as fs
+from torch.distributions import Normal
 
 
 def tiny_transformer(guidance_embeds: bool = True):

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
+from science_t2i.nodes.core.images import as_rgb_batch, from_pil, rgb8
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.images import as_rgb_batch, from_pil, rgb8
 
 
 def test_out_of_range_images_are_refused_with_the_likely_cause():
@@ -44,7 +43,7 @@ def test_16_bit_grey_pngs_are_scaled_not_clipped(tmp_path):
 
 
 def test_overlay_positions_put_the_label_where_they_say():
-    from science_t2i.nodes.score_overlay import POSITIONS, draw_label
+    from science_t2i.nodes.sciscore.overlay import POSITIONS, draw_label
     img = torch.full((60, 90, 3), 0.5)
     where = {}
     for pos in POSITIONS + ("middle-left", "bottom-center"):
@@ -62,7 +61,7 @@ def test_overlay_positions_put_the_label_where_they_say():
 
 
 def test_a_nan_mask_is_refused_by_the_latent_mask_node():
-    from science_t2i.nodes.masks import latent_mask
+    from science_t2i.nodes.masks.boxes import latent_mask
     m = torch.zeros(1, 64, 64)
     m[0, 10:20, 10:20] = 1
     assert latent_mask(m).shape[-1] == 8
@@ -73,7 +72,9 @@ def test_a_nan_mask_is_refused_by_the_latent_mask_node():
 
 def test_prompts_past_77_tokens_say_how_many_tokens_were_dropped(tmp_path, caplog):
     import logging
-    from science_t2i.nodes.sciscore import NODE_CLASS_MAPPINGS, load_sciscore
+
+    from science_t2i.nodes.sciscore import load_sciscore
+    from science_t2i.nodes.sciscore.node_classes import NODE_CLASS_MAPPINGS
     from tiny_clip import build_tiny_clip
     folder = build_tiny_clip(tmp_path / "clip", image_size=32, seed=2)
     model = load_sciscore(str(folder), device="cpu")
@@ -91,7 +92,7 @@ def test_prompts_past_77_tokens_say_how_many_tokens_were_dropped(tmp_path, caplo
 
 
 def test_dataset_images_in_16_bit_are_scaled(tmp_path):
-    from science_t2i.training.datasets import ImageRef
+    from science_t2i.training.core.datasets import ImageRef
     ramp = (np.linspace(0, 65535, 16 * 16).reshape(16, 16)).astype(np.uint16)
     f = tmp_path / "g16.png"
     Image.fromarray(ramp).save(f)

@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.imgcoder import (ImgCoderNode, RenderFigureCodeNode, draw_figure,
-                                        extract_code)
+from science_t2i.nodes.imgcoder.draw import draw_figure, extract_code
+from science_t2i.nodes.imgcoder.node_classes import ImgCoderNode, RenderFigureCodeNode
 from science_t2i.training.cli import main
 
 GOOD = """```python
@@ -74,8 +73,9 @@ def test_refused_code_is_repaired_without_running_and_repairs_are_bounded():
 def test_tiny_random_language_model_runs_the_loop_end_to_end(tmp_path, monkeypatch):
     """Plumbing through the real local backend: a random model writes no usable code, so the
     loop asks for its repairs and reports the failure instead of raising."""
-    from science_t2i.nodes import imgcoder
-    from science_t2i.nodes.judge_backends import LocalBackend
+    from science_t2i.nodes.imgcoder import draw as imgcoder
+    from science_t2i.nodes.lmm import LocalBackend
+
     # a random model never stops by itself: short replies keep the test quick
     monkeypatch.setattr(imgcoder, "PLAN_TOKENS", 24)
     monkeypatch.setattr(imgcoder, "CODE_TOKENS", 24)
@@ -117,7 +117,7 @@ def test_render_figure_code_node_renders_and_refuses():
 
 
 def test_cli_batch_resumes_and_eval_scigen_reads_its_folder(tmp_path, monkeypatch, capsys):
-    import science_t2i.nodes.judge_backends as jb
+    import science_t2i.nodes.lmm as jb
     problems = tmp_path / "problems.jsonl"
     problems.write_text("\n".join(json.dumps(r) for r in [
         {"id": "p1", "question": "Plot y = x^2.", "image_type": "Plot",

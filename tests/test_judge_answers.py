@@ -4,12 +4,11 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from science_t2i.nodes import judge_answers as ja
+from science_t2i.nodes import judges as ja
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.judge_answers import (SCORE_KEYS, Parsed, match_free_answer,
-                                             parse_option, parse_pair_choice, parse_scores,
-                                             strip_thinking)
+from science_t2i.nodes.judges import (SCORE_KEYS, Parsed, parse_option, parse_pair_choice,
+                                      strip_thinking)
+from science_t2i.nodes.judges.free_answers import match_free_answer, parse_scores
 
 
 def _check_failed(p: Parsed, raw: str) -> None:

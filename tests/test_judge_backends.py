@@ -21,14 +21,11 @@ import pytest
 from comfy_stub import InterruptProcessingException
 from launch import free_port, launch_env
 from PIL import Image
-from science_t2i.nodes import judge_backends as jb
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.judge_backends import (
-    JudgeError,
-    LocalBackend,
-    OpenAIBackend,
-    backend_from_spec,
-)
+from science_t2i.nodes.lmm import LMMError, LocalBackend, OpenAIBackend, backend_from_spec
+from science_t2i.nodes import lmm
+from science_t2i.nodes.lmm import local as jb
+from science_t2i.nodes.lmm.base import check_parts
 from tiny_llm import WORDS, build_tiny_llm
 from tiny_vlm import QWEN_SPECIALS, build_tiny_idefics3, build_tiny_qwen2_vl
 
@@ -74,7 +71,7 @@ def spy_generate(backend, monkeypatch):
 
 def test_local_qwen2_vl_from_models_folder(models_dir, vlms, images, monkeypatch):
     shutil.copytree(vlms["qwen2_vl"], models_dir / "vlm" / "tiny-qwen2-vl")
-    assert jb.list_vlms() == ["tiny-qwen2-vl"]
+    assert lmm.list_vlms() == ["tiny-qwen2-vl"]
     backend = backend_from_spec("local:tiny-qwen2-vl")
     assert isinstance(backend, LocalBackend) and backend.name == "local:tiny-qwen2-vl"
     assert backend.source == str((models_dir / "vlm" / "tiny-qwen2-vl").resolve())
@@ -124,7 +121,7 @@ def test_local_idefics3_directory_path(vlms, images, monkeypatch):
 
 def test_local_inside_comfyui_model_management_and_cancel(comfy, vlms, images, monkeypatch):
     shutil.copytree(vlms["qwen2_vl"], comfy.models_dir / "vlm" / "tiny-qwen2-vl")
-    assert jb.list_vlms() == ["tiny-qwen2-vl"]  # the folder ComfyUI registered
+    assert lmm.list_vlms() == ["tiny-qwen2-vl"]  # the folder ComfyUI registered
     backend = LocalBackend("tiny-qwen2-vl")
     noise, flat = images
     assert backend.generate(judge_parts(noise, flat), max_new_tokens=4)
@@ -204,12 +201,12 @@ def test_text_only_causal_lm(models_dir, images, monkeypatch):
 
 def test_bad_parts_and_specs():
     with pytest.raises(ScienceT2IError, match="no input"):
-        jb._check_parts([])
+        check_parts([])
     with pytest.raises(ScienceT2IError, match="part 1 is a ndarray"):
-        jb._check_parts(["text", np.zeros((4, 4, 3))])
+        check_parts(["text", np.zeros((4, 4, 3))])
     with pytest.raises(ScienceT2IError, match="needs a base URL"):
         backend_from_spec("openai:gpt-4o")
-    with pytest.raises(ScienceT2IError, match="unknown judge 'gpt-4o'"):
+    with pytest.raises(ScienceT2IError, match="unknown model 'gpt-4o'"):
         backend_from_spec("gpt-4o", base_url="http://127.0.0.1:1/v1")
     with pytest.raises(ScienceT2IError, match="not an http"):
         backend_from_spec("openai:m", base_url="127.0.0.1:8000/v1")
@@ -293,7 +290,7 @@ def test_openai_http_error_from_transformers_serve(vlm_server):
     remote = OpenAIBackend("not-the-served-model", base_url, timeout=30, retries=3)
     sleeps = []
     remote._sleep = sleeps.append
-    with pytest.raises(JudgeError) as err:
+    with pytest.raises(LMMError) as err:
         remote.generate(["Prompt: a tomato"])
     msg = str(err.value)
     assert f"{base_url}/chat/completions" in msg and "not-the-served-model" in msg
@@ -380,7 +377,7 @@ def test_openai_timeouts_are_retried_then_fail(stub):
     sleeps = []
     remote._sleep = sleeps.append
     start = time.monotonic()
-    with pytest.raises(JudgeError) as err:
+    with pytest.raises(LMMError) as err:
         remote.generate(["Prompt: a tomato"])
     assert time.monotonic() - start < 5
     assert len(state.requests) == 3  # three real tries reached the server
@@ -445,7 +442,7 @@ def test_openai_client_error_fails_at_once_without_showing_the_key(stub, monkeyp
                            backoff=0.01)
     sleeps = []
     remote._sleep = sleeps.append
-    with pytest.raises(JudgeError) as err:
+    with pytest.raises(LMMError) as err:
         remote.generate(["Prompt: a tomato"])
     msg = str(err.value)
     assert "HTTP 401" in msg and "invalid api key" in msg and "JUDGE_TEST_KEY" in msg
@@ -465,13 +462,13 @@ def test_openai_unusable_replies(stub):
                      {"status": 200, "body": b"<html>proxy login</html>"},
                      {"status": 200, "body": {"error": "model is loading"}}]
     remote = OpenAIBackend("judge-m", base_url, retries=2, backoff=0.01)
-    with pytest.raises(JudgeError) as err:
+    with pytest.raises(LMMError) as err:
         remote.generate(["Prompt: a tomato"])
     assert "no choices[0].message.content" in str(err.value)
     assert "I cannot judge this." in str(err.value) and err.value.transient is False
-    with pytest.raises(JudgeError, match="not JSON.*proxy login"):
+    with pytest.raises(LMMError, match="not JSON.*proxy login"):
         remote.generate(["Prompt: a tomato"])
-    with pytest.raises(JudgeError, match="model is loading"):
+    with pytest.raises(LMMError, match="model is loading"):
         remote.generate(["Prompt: a tomato"])
     assert len(state.requests) == 3  # a reply that arrived is not asked for again
 
@@ -481,7 +478,7 @@ def test_openai_connection_refused_is_retried():
     remote = OpenAIBackend("judge-m", base_url, timeout=2, retries=1, backoff=0.01)
     sleeps = []
     remote._sleep = sleeps.append
-    with pytest.raises(JudgeError) as err:
+    with pytest.raises(LMMError) as err:
         remote.generate(["Prompt: a tomato"])
     assert "after 2 tries" in str(err.value) and "cannot connect" in str(err.value)
     assert err.value.transient is True and sleeps == [0.01]
@@ -492,7 +489,7 @@ def test_openai_connection_refused_is_retried():
 @pytest.fixture
 def short_replies(monkeypatch):
     """Random tiny models rarely stop on their own: cap every protocol's reply length."""
-    from science_t2i.nodes import judge
+    from science_t2i.nodes.judges import protocols as judge
     for name in ("PAIR_TOKENS", "QUIZ_TOKENS", "RUBRIC_TOKENS", "GRADE_TOKENS"):
         monkeypatch.setattr(judge, name, 6)
 
@@ -539,7 +536,7 @@ def test_eval_scigen_end_to_end_through_both_backends(backend, vlm_server, vlms,
 def test_eval_reward_judge_end_to_end_through_both_backends(backend, vlm_server, vlms,
                                                             tmp_path, short_replies, capsys):
     from science_t2i.training.cli import main
-    from science_t2i.training.datasets import write_jsonl_dataset
+    from science_t2i.training.core.datasets import write_jsonl_dataset
     rows = [{"implicit_prompt": "an unripe apple", "explicit_image": Image.new(
                 "RGB", (32, 32), (0, 200, 0)), "superficial_image": Image.new(
                 "RGB", (32, 32), (200, 0, 0)), "category": "biology", "law": "RI"}] * 2

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from science_t2i.nodes import NODE_CLASS_MAPPINGS
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.judge import (ScienceJudgeNode, VisualQuizNode, VLMJudgeLoaderNode,
-                                     parse_choice_lines)
-from science_t2i.nodes.judge_backends import LocalBackend, OpenAIBackend
+from science_t2i.nodes.judges.node_classes import (ScienceJudgeNode, VisualQuizNode,
+                                                   VLMJudgeLoaderNode)
+from science_t2i.nodes.judges.protocols import parse_choice_lines
+from science_t2i.nodes.lmm import LocalBackend, OpenAIBackend
 
 
 def solid(value: float, n: int = 1) -> torch.Tensor:
@@ -113,7 +113,7 @@ def test_loader_lists_model_folders_and_builds_backends(comfy, monkeypatch):
 
 
 def test_cli_names_find_text_models_in_the_llm_folder(models_dir):
-    from science_t2i.nodes.judge_backends import backend_from_spec
+    from science_t2i.nodes.lmm import backend_from_spec
     from tiny_llm import build_tiny_llm
     build_tiny_llm(models_dir / "LLM" / "coder")
     for spec in ("local:coder", "local:LLM/coder"):

@@ -6,13 +6,12 @@ import json
 
 import pytest
 from PIL import Image
-
-from science_t2i.nodes.judge import strict_pair_choice
-from science_t2i.nodes.judge_backends import JudgeError
+from science_t2i.nodes.judges.protocols import strict_pair_choice
+from science_t2i.nodes.lmm import LMMError
 from science_t2i.training.cli import main
-from science_t2i.training.datasets import load_records, write_jsonl_dataset
-from science_t2i.training.judge_cache import JudgeCache
-from science_t2i.training.judge_pairs import judge_pair_accuracy
+from science_t2i.training.core.datasets import load_records, write_jsonl_dataset
+from science_t2i.training.eval.judge_cache import JudgeCache
+from science_t2i.training.eval.judge_pairs import judge_pair_accuracy
 
 
 def _solid(r):
@@ -107,7 +106,7 @@ def test_robust_reading_counts_prose_and_reports_unparseable(records):
 
 def test_failed_calls_are_listed_and_asked_again_from_the_cache(records, tmp_path):
     replies = dict(REPLIES)
-    replies[(101, 201)] = JudgeError("timed out after 3 tries")
+    replies[(101, 201)] = LMMError("timed out after 3 tries")
     cache = JudgeCache(tmp_path / "c.jsonl")
     first = RedFirstJudge(replies)
     table = judge_pair_accuracy(records, first, cache=cache)
@@ -128,7 +127,7 @@ def test_strict_reader_matches_eval_lmm():
 
 
 def test_eval_reward_prints_the_judge_beside_sciscore(records, tmp_path, monkeypatch, capsys):
-    import science_t2i.nodes.judge_backends as jb
+    import science_t2i.nodes.lmm as jb
     judge = RedFirstJudge(REPLIES)
     monkeypatch.setattr(jb, "backend_from_spec", lambda spec, **kw: judge)
     out = tmp_path / "out"

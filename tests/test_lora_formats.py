@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from lora_formats import (ALPHA, RANK, bfl_dotted, bfl_parameter_shapes, comfy_key_map,
                           diffusers_keys, kohya_bfl_names, kohya_diffusers_names)
+from safetensors.torch import save_file
+from science_t2i.nodes.lora.files import read_lora
 from tiny_lora import HIDDEN, TINY_FLUX, peft_lora, tiny_lora_transformer
 
-from science_t2i.nodes.lora import read_lora
 
 @pytest.fixture(scope="module")
 def peft_layers():

@@ -5,13 +5,12 @@ import pickle
 
 import pytest
 import torch
+from lora_formats import ALPHA, RANK, comfy_key_map, kohya_bfl_names
 from safetensors.torch import save_file
-
-from lora_formats import ALPHA, RANK, kohya_bfl_names, comfy_key_map
-from tiny_lora import peft_lora, tiny_lora_transformer
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.lora import ScienceT2I_LoraLoader, read_lora
+from science_t2i.nodes.lora.files import read_lora
+from science_t2i.nodes.lora.node_classes import LoraLoaderNode
+from tiny_lora import peft_lora, tiny_lora_transformer
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +40,8 @@ def _report_numbers(report):
 def test_node_applies_all_layers_of_a_kohya_bfl_lora(comfy, stub_model, layers):
     comfy.lora.key_map = comfy_key_map()
     name = _put_lora(comfy, kohya_bfl_names(layers))
-    assert name in ScienceT2I_LoraLoader.INPUT_TYPES()["required"]["lora_name"][0]
-    model, report = ScienceT2I_LoraLoader().load(stub_model, name, 0.7)
+    assert name in LoraLoaderNode.INPUT_TYPES()["required"]["lora_name"][0]
+    model, report = LoraLoaderNode().load(stub_model, name, 0.7)
     n = len(layers)  # 30 linear layers, 3 tensors each (A, B, alpha)
     assert _report_numbers(report) == (3 * n, 0)
     assert "format: kohya (BFL names)" in report and "rank: 4" in report
@@ -64,7 +63,7 @@ def test_report_counts_unmatched_layers(comfy, stub_model, layers):
     assert n_single == 6
     name = _put_lora(comfy, {f"transformer.{m}.lora_{x}.weight": ab[i]
                              for m, ab in layers.items() for i, x in enumerate("AB")})
-    _, report = ScienceT2I_LoraLoader().load(stub_model, name, 1.0)
+    _, report = LoraLoaderNode().load(stub_model, name, 1.0)
     assert _report_numbers(report) == (3 * (len(layers) - n_single), 3 * n_single)
     (patch, _, _), = comfy.lora_calls
     assert not any("single_transformer_blocks" in k for k in patch)
@@ -75,27 +74,27 @@ def test_zero_matches_raise(comfy, stub_model, layers):
     name = _put_lora(comfy, {f"transformer.{m}.lora_{x}.weight": ab[i]
                              for m, ab in layers.items() for i, x in enumerate("AB")})
     with pytest.raises(ScienceT2IError, match="none of the 30 layers"):
-        ScienceT2I_LoraLoader().load(stub_model, name, 1.0)
+        LoraLoaderNode().load(stub_model, name, 1.0)
     assert comfy.lora_calls == []
 
 
 def test_strength_zero_reports_without_patching(comfy, stub_model, layers):
     comfy.lora.key_map = comfy_key_map()
     name = _put_lora(comfy, kohya_bfl_names(layers))
-    model, report = ScienceT2I_LoraLoader().load(stub_model, name, 0.0)
+    model, report = LoraLoaderNode().load(stub_model, name, 0.0)
     assert model is stub_model and comfy.lora_calls == [] and "strength: 0" in report
 
 
 def test_node_needs_comfyui(models_dir, layers):
     with pytest.raises(ScienceT2IError, match="needs ComfyUI"):
-        ScienceT2I_LoraLoader().load(object(), "x.safetensors", 1.0)
+        LoraLoaderNode().load(object(), "x.safetensors", 1.0)
 
 
 def test_node_is_registered():
     from science_t2i import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-    assert NODE_CLASS_MAPPINGS["ScienceT2I_LoraLoader"] is ScienceT2I_LoraLoader
+    assert NODE_CLASS_MAPPINGS["ScienceT2I_LoraLoader"] is LoraLoaderNode
     assert NODE_DISPLAY_NAME_MAPPINGS["ScienceT2I_LoraLoader"] == "Science LoRA Loader"
-    assert ScienceT2I_LoraLoader.CATEGORY == "Science-T2I/LoRA"
+    assert LoraLoaderNode.CATEGORY == "Science-T2I/LoRA"
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -206,14 +205,14 @@ def test_layers_whose_shapes_do_not_fit_the_model_are_not_matched(comfy, layers)
     comfy.lora.key_map = comfy_key_map()
     name = _put_lora(comfy, kohya_bfl_names(layers))
     # every shape fits: all matched, as without weights to compare
-    _, report = ScienceT2I_LoraLoader().load(_model_with_weights(comfy, comfy.lora.key_map,
+    _, report = LoraLoaderNode().load(_model_with_weights(comfy, comfy.lora.key_map,
                                                                  layers), name, 1.0)
     assert _report_numbers(report) == (3 * len(layers), 0)
     # one layer one column wider in the model: reported, not applied
     wrong = "proj_out"
     assert wrong in layers
     model = _model_with_weights(comfy, comfy.lora.key_map, layers, wrong=wrong)
-    _, report = ScienceT2I_LoraLoader().load(model, name, 1.0)
+    _, report = LoraLoaderNode().load(model, name, 1.0)
     assert _report_numbers(report) == (3 * (len(layers) - 1), 3)
     assert "1 do not fit its weight shapes" in report and f"transformer.{wrong} is" in report
     patch = comfy.lora_calls[-1][0]
@@ -223,5 +222,5 @@ def test_layers_whose_shapes_do_not_fit_the_model_are_not_matched(comfy, layers)
            for x, t in (("A", torch.randn(A.shape[0], A.shape[1] + 3)), ("B", B))}
     name = _put_lora(comfy, bad, "misfit.safetensors")
     with pytest.raises(ScienceT2IError, match="not its sizes"):
-        ScienceT2I_LoraLoader().load(_model_with_weights(comfy, comfy.lora.key_map, layers),
+        LoraLoaderNode().load(_model_with_weights(comfy, comfy.lora.key_map, layers),
                                      name, 1.0)

@@ -8,11 +8,9 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
-
-from tiny_lora import forward, peft_lora, tiny_lora_transformer, tiny_transformer
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.lora import read_lora, save_flux_lora
+from science_t2i.nodes.lora.files import read_lora, save_flux_lora
+from tiny_lora import forward, peft_lora, tiny_lora_transformer, tiny_transformer
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.masks import (Detection, ScienceT2I_MaskToLatentMask, boxes_to_mask,
-                                     latent_mask, masks_from_detections, merge_boxes_cxcywh,
-                                     paper_latent_box_mask, subject_boxes)
+from science_t2i.nodes.masks.boxes import (boxes_to_mask, latent_mask, merge_boxes_cxcywh,
+                                           paper_latent_box_mask, subject_boxes)
+from science_t2i.nodes.masks.gdino import Detection
+from science_t2i.nodes.masks.node_classes import MaskToLatentMaskNode
+from science_t2i.nodes.masks.subject import masks_from_detections
 
 W, H = 200, 100  # image width, height in the hand computations below
 
@@ -201,7 +202,7 @@ def test_latent_mask_errors_and_node():
         latent_mask(torch.ones(2, 2, 3, 3))
     with pytest.raises(ScienceT2IError, match="dilation"):
         latent_mask(torch.ones(1, 16, 16), dilation=-1)
-    node = ScienceT2I_MaskToLatentMask()
+    node = MaskToLatentMaskNode()
     (out,) = node.run(torch.ones(1, 512, 512), 8, "flux 2x2", 0)
     assert out.shape == (1, 32, 32) and out.min() == 1
     with pytest.raises(ScienceT2IError, match="packing"):

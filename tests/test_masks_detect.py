@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from science_t2i.nodes import masks
+from science_t2i.nodes.masks import node_classes as mask_nodes
 from science_t2i.nodes.errors import ScienceT2IError
 from tiny_gdino import build_tiny_gdino
 
@@ -101,7 +102,7 @@ def test_grey_and_alpha_images_detect_as_rgb(model, images):
 
 
 def test_subject_mask_node_end_to_end(model, images):
-    node = masks.ScienceT2I_SubjectMask()
+    node = mask_nodes.SubjectMaskNode()
     out = node.run(model, images, "apple", 0.35, 0.25, "merge", 0, 0)
     mask, boxes_json, preview = out["result"]
     assert mask.shape == (3, H, W) and mask.dtype == torch.float32
@@ -129,11 +130,11 @@ def test_loader_node_lists_and_loads(models_dir, tiny_dir):
     (folder / "bert-base-uncased").mkdir()
     (folder / "bert-base-uncased" / "config.json").write_text("{}")
     (folder / "groundingdino_swint_ogc.pth").write_bytes(b"")
-    names = masks.ScienceT2I_GroundingDinoLoader.INPUT_TYPES()["required"]["model_name"][0]
+    names = mask_nodes.GroundingDinoLoaderNode.INPUT_TYPES()["required"]["model_name"][0]
     assert "tiny" in names and "groundingdino_swint_ogc.pth" in names
     assert "tiny/model.safetensors" not in names and "bert-base-uncased" not in names
     assert masks.DEFAULT_GDINO in names
-    (loaded,) = masks.ScienceT2I_GroundingDinoLoader().load("tiny", "auto", 0)
+    (loaded,) = mask_nodes.GroundingDinoLoaderNode().load("tiny", "auto", 0)
     assert isinstance(loaded, masks.GroundingDinoModel) and loaded.backend == "transformers"
     # a hub id already downloaded into models/grounding-dino/<repo name> is used offline
     shutil.copytree(tiny_dir, folder / "grounding-dino-tiny")
@@ -206,7 +207,7 @@ def test_empty_batch_and_bad_channels(model):
 
 def test_node_rejects_wrong_model_socket(images):
     with pytest.raises(ScienceT2IError, match="GroundingDINO Loader"):
-        masks.ScienceT2I_SubjectMask().run("not a model", images, "apple")
+        mask_nodes.SubjectMaskNode().run("not a model", images, "apple")
 
 
 def test_dtype_choice(tiny_dir):

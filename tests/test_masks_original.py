@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from science_t2i.nodes import gdino_original as go
 from science_t2i.nodes import masks
+from science_t2i.nodes.masks import node_classes as mask_nodes
 from science_t2i.nodes.errors import ScienceT2IError
+from science_t2i.nodes.masks import gdino_original as go
 from tiny_gdino import build_tiny_original, tiny_bert_tokenizer, write_tiny_bert_files
 
 # The released GroundingDINO_SwinT_OGC.cfg.py (IDEA-Research/GroundingDINO), verbatim.
@@ -123,9 +123,9 @@ def test_detect_through_the_original_backend(original, models_dir):
     folder, ckpt, source = original
     import shutil
     shutil.copytree(folder, models_dir / "grounding-dino")
-    names = masks.ScienceT2I_GroundingDinoLoader.INPUT_TYPES()["required"]["model_name"][0]
+    names = mask_nodes.GroundingDinoLoaderNode.INPUT_TYPES()["required"]["model_name"][0]
     assert "groundingdino_swint_ogc.pth" in names and "bert-base-uncased" not in names
-    (m,) = masks.ScienceT2I_GroundingDinoLoader().load("groundingdino_swint_ogc.pth", "fp32", 128)
+    (m,) = mask_nodes.GroundingDinoLoaderNode().load("groundingdino_swint_ogc.pth", "fp32", 128)
     assert m.backend == "original"
     image = torch.rand(1, 128, 160, 3)
     det = m.detect(image, "apple", 0.3, 0.25)[0]

@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import launch
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-import launch
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.checkpoints import CheckpointManager
-from science_t2i.training.config import load_config, save_config
-from science_t2i.training.run_log import RunLog
+from science_t2i.training.core.checkpoints import CheckpointManager
+from science_t2i.training.core.config import load_config, save_config
+from science_t2i.training.core.run_log import RunLog
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,10 +56,11 @@ class Case:
 
 
 def _sft_case() -> Case:
-    from science_t2i.training.sft import SFTConfig, train_sft
+    from science_t2i.training.sft.config import SFTConfig
+    from science_t2i.training.sft.trainer import train_sft
 
     def build(work: Path) -> None:
-        from science_t2i.training.datasets import write_jsonl_dataset
+        from science_t2i.training.core.datasets import write_jsonl_dataset
         from tiny_flux import build_tiny_flux_pipeline
         build_tiny_flux_pipeline(work / "flux")
         write_jsonl_dataset([
@@ -89,15 +89,16 @@ def _sft_case() -> Case:
 
 
 def _dpo_case() -> Case:
-    from science_t2i.training.dpo import DPOConfig, train_dpo
+    from science_t2i.training.stage2.config import Stage2Config
+    from science_t2i.training.stage2.trainer import train_stage2
     from tiny_dpo import build_bright_flux, dpo_overrides, write_prompts
 
-    def config(work: Path, out: Path, extra: tuple[str, ...]) -> DPOConfig:
+    def config(work: Path, out: Path, extra: tuple[str, ...]) -> Stage2Config:
         if not (work / "flux").is_dir():
             build_bright_flux(work / "flux")
             write_prompts(work / "prompts.json")
         # 2 rounds of 6 prompts (3 per process), 2 pairs per optimizer step: 6 steps
-        return load_config(DPOConfig, None, dpo_overrides(
+        return load_config(Stage2Config, None, dpo_overrides(
             work / "flux", work / "prompts.json", out, "objective.kind=oft",
             "objective.timestep_fraction=0.5", "rollout.steps=4", "train.rounds=2",
             "train.pairs_per_step=1", "train.gradient_checkpointing=true", "optim.lr=1e-2",
@@ -107,11 +108,11 @@ def _dpo_case() -> Case:
     return Case("dpo", config, ("train.grad_accum=1",), ("train.grad_accum=2",),
                 lambda out: _lora(out, "science_t2i_oft.safetensors"),
                 lambda w: sum(t.numel() for t in w.values()),
-                lambda cfg, resume: train_dpo(cfg, resume=resume))
+                lambda cfg, resume: train_stage2(cfg, resume=resume))
 
 
 def _sciscore_case() -> Case:
-    from science_t2i.training import train_sciscore as ts
+    from science_t2i.training.sciscore import trainer as ts
 
     def config(work: Path, out: Path, extra: tuple[str, ...]) -> Any:
         from tiny_clip import build_tiny_clip
@@ -206,12 +207,12 @@ def test_a_killed_two_process_run_resumes_exactly_and_only_with_two(straight):
 
 def test_stage2_processes_share_comfyui_servers_without_sending_a_prompt_twice(tmp_path):
     from fake_comfy import FakeComfy
-    from science_t2i.training.dpo import DPOConfig
+    from science_t2i.training.stage2.config import Stage2Config
     from tiny_dpo import build_bright_flux, dpo_overrides, write_prompts
     flux, prompts = build_bright_flux(tmp_path / "flux"), write_prompts(tmp_path / "p.json")
     loras = tmp_path / "loras"
     with FakeComfy() as a, FakeComfy() as b:
-        cfg = load_config(DPOConfig, None, dpo_overrides(
+        cfg = load_config(Stage2Config, None, dpo_overrides(
             flux, prompts, tmp_path / "out", "rollout.source=comfy", "objective.kind=flow-dpo",
             "train.rounds=2", "comfy.poll_interval=0.01", f"comfy.lora_dir={loras}",
             f"comfy.servers=[{a.url},{b.url}]"))

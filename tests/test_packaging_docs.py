@@ -231,7 +231,7 @@ def test_indirect_dependencies_are_used_where_claimed():
     if spec is not None:
         tracking = Path(spec.origin).parent / "tracking.py"
         assert "tensorboard" in tracking.read_text(encoding="utf-8")
-    from science_t2i.training.sections import TRACKERS
+    from science_t2i.training.core.sections import TRACKERS
     assert "tensorboard" in TRACKERS
 
 
@@ -259,8 +259,8 @@ def test_test_and_benchmark_imports_are_declared_or_come_with_a_declared_package
 def test_8bit_error_names_the_extra(monkeypatch):
     torch = pytest.importorskip("torch")
     from science_t2i.nodes.errors import ScienceT2IError
-    from science_t2i.training.sections import OptimSection
-    from science_t2i.training.trainer import make_optimizer
+    from science_t2i.training.core.optim import make_optimizer
+    from science_t2i.training.core.sections import OptimSection
     (bnb,) = _groups()["8bit"]
     assert canonicalize_name(bnb.name) == "bitsandbytes"
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails even if installed
@@ -420,8 +420,9 @@ def _cli_lines() -> list[tuple[str, list[str]]]:
 
 TRAINER_CONFIGS = {
     "sft": ("science_t2i.training.sft", "SFTConfig"),
-    "dpo": ("science_t2i.training.dpo", "DPOConfig"),
-    "train-sciscore": ("science_t2i.training.train_sciscore", "SciScoreTrainConfig"),
+    "stage2": ("science_t2i.training.stage2", "Stage2Config"),
+    "dpo": ("science_t2i.training.stage2", "Stage2Config"),   # stage2's earlier name
+    "train-sciscore": ("science_t2i.training.sciscore", "SciScoreTrainConfig"),
 }
 
 
@@ -430,13 +431,13 @@ def test_readme_cli_lines_parse_with_the_real_parser(capsys):
 
     from science_t2i.nodes.errors import ScienceT2IError
     from science_t2i.training.cli import build_parser
-    from science_t2i.training.config import load_config
+    from science_t2i.training.core.config import load_config
     lines = _cli_lines()
     commands = {argv[argv.index(c)] for _, argv in lines for c in argv if c in
-                {"score", "eval-reward", "eval-t2i", "validate-workflow", "sft", "dpo",
+                {"score", "eval-reward", "eval-t2i", "validate-workflow", "sft", "stage2",
                  "train-sciscore"}}
     assert len(lines) >= 15 and commands == {"score", "eval-reward", "eval-t2i",
-                                             "validate-workflow", "sft", "dpo",
+                                             "validate-workflow", "sft", "stage2",
                                              "train-sciscore"}, lines
     failures = []
     for line, argv in lines:
@@ -552,7 +553,7 @@ def test_readme_names_no_data_folder_of_its_own():
 
 
 def test_readme_lists_the_dataset_fields_the_reader_knows():
-    from science_t2i.training.datasets import KNOWN_FIELDS
+    from science_t2i.training.core.datasets import KNOWN_FIELDS
     readme = _doc("README.md")
     for field in KNOWN_FIELDS:
         assert f"| `{field}` |" in readme, field

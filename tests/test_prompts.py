@@ -5,11 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from science_t2i.nodes import prompts
+from science_t2i.nodes.prompts import node_classes as prompt_nodes
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.prompts import (build_triple, detect_task, extract_subject, get_task,
-                                       implicit_to_explicit, load_knowledge)
+                                       load_knowledge)
+from science_t2i.nodes.prompts.rewrite import implicit_to_explicit
 
 ROLLOUT = Path("/work/shared/data/science_t2i_rollout_prompts.json")
 KNOWLEDGE = Path(prompts.__file__).with_name("knowledge") / "tasks.json"
@@ -142,7 +143,7 @@ def test_prompt_without_scientific_cue_is_none(prompt):
     assert d.code == "none" and d.confidence == 0.0
     r = implicit_to_explicit(prompt)
     assert r.task == "none" and r.explicit == r.superficial == " ".join(prompt.split())
-    code, name, conf, subject = prompts.ScienceT2I_PromptTaskDetect().detect(prompt)
+    code, name, conf, subject = prompt_nodes.PromptTaskDetectNode().detect(prompt)
     assert (code, conf) == ("none", 0.0) and subject
 
 
@@ -225,13 +226,13 @@ def test_nodes_registered_and_callable():
         assert cls.CATEGORY == "Science-T2I/Prompts"
         assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
         assert "required" in cls.INPUT_TYPES()
-    assert set(prompts.ScienceT2I_PromptBuilder.INPUT_TYPES()["required"]["task"][0]) == \
+    assert set(prompt_nodes.PromptBuilderNode.INPUT_TYPES()["required"]["task"][0]) == \
         PAPER_TASKS
-    ip, ep, sp = prompts.ScienceT2I_PromptBuilder().build("RI", "banana", "on the street")
+    ip, ep, sp = prompt_nodes.PromptBuilderNode().build("RI", "banana", "on the street")
     assert "unripe" in ip.lower() and "green" in ep and "on the street" in sp
-    ep, sp, task, subject = prompts.ScienceT2I_ImplicitToExplicit().rewrite(
+    ep, sp, task, subject = prompt_nodes.ImplicitToExplicitNode().rewrite(
         "A rarely watered rose.", "auto", "rules")
     assert (task, subject) == ("WR", "flower") and "wilted" in ep
-    code, name, conf, subject = prompts.ScienceT2I_PromptTaskDetect().detect(
+    code, name, conf, subject = prompt_nodes.PromptTaskDetectNode().detect(
         "A drop of blue ink touches a napkin.")
     assert (code, name, subject) == ("AB", "absorption", "blue stain") and 0 < conf <= 1

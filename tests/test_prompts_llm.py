@@ -5,20 +5,21 @@ import logging
 
 import pytest
 import torch
-
-from science_t2i.nodes import prompt_llm, prompts
+from science_t2i.nodes import prompts
+from science_t2i.nodes.prompts import node_classes as prompt_nodes
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.prompts import implicit_to_explicit, rewrite_rules
+from science_t2i.nodes.lmm import local as local_models
+from science_t2i.nodes.prompts import llm as prompt_llm
+from science_t2i.nodes.prompts import rewrite_rules
+from science_t2i.nodes.prompts.rewrite import implicit_to_explicit
 from tiny_llm import WORDS, build_tiny_llm
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    prompt_llm._cache.clear()
-    prompt_llm._handles.clear()
+    local_models._cache.clear()
     yield
-    prompt_llm._cache.clear()
-    prompt_llm._handles.clear()
+    local_models._cache.clear()
 
 
 def test_garbage_output_falls_back_to_rules(models_dir, caplog, monkeypatch):
@@ -37,7 +38,8 @@ def test_garbage_output_falls_back_to_rules(models_dir, caplog, monkeypatch):
 
 def test_valid_llm_sentence_is_used(models_dir, monkeypatch):
     build_tiny_llm(models_dir / "LLM" / "tiny-words", words=WORDS)
-    model, tok = prompt_llm.load_llm("tiny-words")
+    loaded = prompt_llm.rewriter("tiny-words").load()  # the pack's one local loader
+    model, tok = loaded.model, loaded.processor
     answers = {"explicit": "a hard green tomato with firm skin",
                "superficial": "a red ripe tomato on a table"}
     calls = []
@@ -69,7 +71,7 @@ def test_missing_llm_directory_is_a_clear_error(models_dir):
 
 def test_llm_listed_as_node_backend(models_dir):
     build_tiny_llm(models_dir / "LLM" / "tiny-garbage")
-    choices = prompts.ScienceT2I_ImplicitToExplicit.INPUT_TYPES()["required"]["backend"][0]
+    choices = prompt_nodes.ImplicitToExplicitNode.INPUT_TYPES()["required"]["backend"][0]
     assert choices == ["rules", "tiny-garbage"]
 
 
@@ -92,7 +94,7 @@ def test_validate_sentence(text, subject, expected):
 def test_node_inside_comfyui_uses_model_management(comfy, monkeypatch):
     build_tiny_llm(comfy.models_dir / "LLM" / "tiny-garbage")
     monkeypatch.setattr(prompt_llm, "MAX_NEW_TOKENS", 4)
-    node = prompts.ScienceT2I_ImplicitToExplicit
+    node = prompt_nodes.ImplicitToExplicitNode
     assert "tiny-garbage" in node.INPUT_TYPES()["required"]["backend"][0]
     ep, sp, task, subject = node().rewrite("A powerless laptop.", "auto", "tiny-garbage")
     assert (task, subject) == ("EL", "laptop") and "switched off" in ep

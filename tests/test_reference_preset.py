@@ -9,25 +9,22 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from science_t2i.training.config import load_config
-from science_t2i.training.dpo import DPOConfig, DPOTrainer
-from science_t2i.training.flux_sampler import (FluxConditioning, Trajectory, latent_image_ids,
-                                               predict_velocity, transition_log_prob)
-from science_t2i.training.preference_losses import Pair
-from tiny_dpo import RES, dpo_overrides
-from tiny_dpo import flux_dir, prompts  # noqa: F401  (shared fixtures)
+from science_t2i.training.core.config import load_config
+from science_t2i.training.flux.sampler import Trajectory, transition_log_prob
+from science_t2i.training.stage2.config import Stage2Config
+from science_t2i.training.stage2.trainer import Stage2Trainer
+from tiny_dpo import dpo_overrides, flux_dir, prompts  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def reference_cfg(flux_dir, prompts, out, *extra) -> DPOConfig:
+def reference_cfg(flux_dir, prompts, out, *extra) -> Stage2Config:
     # dpo_overrides starts with preset=pack; the later preset=reference wins, and the pack
     # test settings that the reference preset fixes (2 samples, its own pairs per step) go
     over = [o for o in dpo_overrides(flux_dir, prompts, out) if not o.startswith(
         ("preset=", "rollout.samples_per_prompt=", "train.pairs_per_step=",
          "rollout.prompts_per_round="))]
-    return load_config(DPOConfig, None, ["preset=reference", "rollout.prompts_per_round=4",
+    return load_config(Stage2Config, None, ["preset=reference", "rollout.prompts_per_round=4",
                                          *over, *extra])
 
 
@@ -42,26 +39,26 @@ def reference_matrix_loss(lp, lp_ref, rewards, eps=0.1, beta=10.0):
 # ----------------------------------------------------------------------------- presets
 
 def test_reference_preset_values_and_mixing():
-    ref = DPOConfig()
+    ref = Stage2Config()
     assert ref.preset == "reference"
     assert (ref.model.sft_start, ref.objective.pair_loss, ref.objective.ties,
             ref.train.rounds, ref.train.pairs_per_step, ref.reward.dtype, ref.lora.dtype) == \
         ("continue", "matrix", "keep", 39, 2, "fp32", "base")
-    pack = load_config(DPOConfig, None, ["preset=pack"])
+    pack = load_config(Stage2Config, None, ["preset=pack"])
     assert (pack.model.sft_start, pack.objective.pair_loss, pack.objective.ties,
             pack.train.rounds, pack.train.pairs_per_step, pack.reward.dtype,
             pack.lora.dtype) == ("merge", "pair", "drop", 100, 1, "auto", "fp32")
-    mixed = load_config(DPOConfig, None, ["preset=pack", "objective.ties=keep"])
+    mixed = load_config(Stage2Config, None, ["preset=pack", "objective.ties=keep"])
     assert (mixed.objective.ties, mixed.objective.pair_loss) == ("keep", "pair")
     with pytest.raises(Exception, match="samples_per_prompt"):
-        load_config(DPOConfig, None, ["rollout.samples_per_prompt=4"])
+        load_config(Stage2Config, None, ["rollout.samples_per_prompt=4"])
 
 
 def test_matrix_loss_is_the_reference_formula_with_ties():
-    from science_t2i.training.preference_losses import oft_loss
+    from science_t2i.training.stage2.losses import oft_loss
     g = torch.Generator().manual_seed(0)
-    trainer = DPOTrainer.__new__(DPOTrainer)
-    trainer.cfg = DPOConfig()
+    trainer = Stage2Trainer.__new__(Stage2Trainer)
+    trainer.cfg = Stage2Config()
     for rewards in (torch.tensor([0.3, 0.9]), torch.tensor([0.9, 0.3]),
                     torch.tensor([0.5, 0.5])):
         lp = (torch.randn(2, generator=g) * 0.05).requires_grad_()
@@ -87,7 +84,7 @@ def test_a_reference_step_has_the_reference_gradient(flux_dir, prompts, tmp_path
     by (prompts x timesteps) as accelerate's accumulation does; a tied prompt included."""
     cfg = reference_cfg(flux_dir, prompts, tmp_path / "r", "train.rounds=1",
                         "rollout.churn=1.0", "train.pairs_per_step=3")
-    trainer = DPOTrainer(cfg).setup()
+    trainer = Stage2Trainer(cfg).setup()
     with torch.no_grad():   # a policy away from the reference, so the ratios are not all 0
         for n, p in trainer.model.named_parameters():
             if "lora_B" in n:
@@ -141,8 +138,8 @@ def test_a_reference_step_has_the_reference_gradient(flux_dir, prompts, tmp_path
 
 def _sft_lora(flux_dir, path, scale=0.3):
     from diffusers import FluxTransformer2DModel
-    from science_t2i.nodes.lora import save_flux_lora
-    from science_t2i.training.flux_model import attach_lora
+    from science_t2i.nodes.lora.files import save_flux_lora
+    from science_t2i.training.flux.model import attach_lora
     sft = FluxTransformer2DModel.from_pretrained(str(flux_dir), subfolder="transformer")
     attach_lora(sft, rank=4, alpha=4.0)
     g = torch.Generator().manual_seed(11)   # A and B: the file must not depend on test order
@@ -157,12 +154,12 @@ def _sft_lora(flux_dir, path, scale=0.3):
 
 def test_continuing_the_sft_lora(flux_dir, prompts, tmp_path):
     from diffusers import FluxTransformer2DModel
-    from science_t2i.nodes.lora import read_lora
-    from science_t2i.training.reference_policy import merge_lora_into_weights
+    from science_t2i.nodes.lora.files import read_lora
+    from science_t2i.training.flux.reference_policy import merge_lora_into_weights
     sft_file = _sft_lora(flux_dir, tmp_path / "sft.safetensors")
     cfg = reference_cfg(flux_dir, prompts, tmp_path / "oft", f"model.sft_lora={sft_file}",
                         "train.rounds=2", "rollout.churn=1.0", "optim.lr=0.05")
-    trainer = DPOTrainer(cfg).setup()
+    trainer = Stage2Trainer(cfg).setup()
     assert trainer.continuing
     sft_model = FluxTransformer2DModel.from_pretrained(str(flux_dir), subfolder="transformer")
     merge_lora_into_weights(sft_model, read_lora(sft_file))
@@ -225,7 +222,7 @@ def test_continuing_the_sft_lora_learns(flux_dir, prompts, tmp_path):
                         "train.rounds=30", "rollout.churn=1.0", "rollout.prompts_per_round=6",
                         "rollout.samples_per_prompt=16", "objective.pair_loss=pair",
                         "train.pairs_per_step=6", "optim.lr=0.1", "checkpoint.every=1000")
-    trainer = DPOTrainer(cfg).setup()
+    trainer = Stage2Trainer(cfg).setup()
     assert trainer.continuing
     before = fresh_reward(trainer)
     trainer.run()
@@ -239,7 +236,8 @@ def test_continuing_the_sft_lora_learns(flux_dir, prompts, tmp_path):
 
 def test_sft_discrete_levels_are_the_schedulers():
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from science_t2i.training.flux_math import sample_discrete
+    from science_t2i.training.flux.flow_matching import sample_discrete
+
     # FLUX.1-dev's scheduler config; sft_flux.py deep-copies the pipeline's scheduler before
     # any set_timesteps, so its tables are the constructor's
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0,
@@ -258,9 +256,9 @@ def test_sft_discrete_levels_are_the_schedulers():
 
 @pytest.mark.parametrize("size", [(64, 48), (48, 96), (32, 32), (20, 36)])
 def test_sft_resize_is_torchvision_resize_without_crop(tmp_path, size):
+    from science_t2i.training.core.datasets import ImageRef
+    from science_t2i.training.flux.latent_cache import load_image_tensor
     from torchvision import transforms
-    from science_t2i.training.datasets import ImageRef
-    from science_t2i.training.latent_cache import load_image_tensor
     rng = np.random.default_rng(sum(size))
     img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     f = tmp_path / "a.png"
@@ -281,8 +279,9 @@ def test_sft_resize_is_torchvision_resize_without_crop(tmp_path, size):
 
 
 def test_sft_reference_preset_trains_on_images_of_several_sizes(flux_dir, tmp_path):
+    from science_t2i.training.sft.config import SFTConfig
+    from science_t2i.training.sft.trainer import SFTTrainer
     from test_sft import _dataset, _noise_image
-    from science_t2i.training.sft import SFTConfig, SFTTrainer
     images = [_noise_image(0, (48, 32)), _noise_image(1, (32, 32)), _noise_image(2, (32, 64))]
     path = _dataset(tmp_path, [{"implicit_prompt": "ice", "explicit_image": images[:2]},
                                {"implicit_prompt": "rust", "explicit_image": images[2:]}])
@@ -312,7 +311,7 @@ def test_sft_reference_preset_trains_on_images_of_several_sizes(flux_dir, tmp_pa
 
 
 def test_lora_dtype_base_keeps_bf16_weights(flux_dir):
-    from science_t2i.training.flux_model import attach_lora, load_transformer
+    from science_t2i.training.flux.model import attach_lora, load_transformer
     model = load_transformer(flux_dir, torch.bfloat16, torch.device("cpu"))
     params = attach_lora(model, 4, 4.0, dtype="base")
     assert params and all(p.dtype == torch.bfloat16 for p in params)

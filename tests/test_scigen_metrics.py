@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training import scigen_metrics as sm
+from science_t2i.training.eval.scigen import metrics as sm
 from tiny_clip import build_tiny_clip
 
 
@@ -49,10 +48,8 @@ def skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("gen_size, real_size", [((40, 32), (40, 32)), ((48, 36), (37, 53))])
 def test_psnr_ssim_match_formulas_and_torchmetrics(gen_size, real_size):
-    from torchmetrics.functional.image import (
-        peak_signal_noise_ratio,
-        structural_similarity_index_measure,
-    )
+    from torchmetrics.functional.image import (peak_signal_noise_ratio,
+                                               structural_similarity_index_measure)
     gen = synthetic_image(*gen_size, seed=1)
     real = synthetic_image(*real_size, seed=2)
     got = sm.pixel_metrics(gen, real)

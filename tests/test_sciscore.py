@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
-
+from science_t2i.nodes.core.images import to_pil
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.images import to_pil
-from science_t2i.nodes.sciscore import (load_sciscore, preference_probabilities,
-                                        preprocess_images, rank_order)
+from science_t2i.nodes.sciscore import (load_sciscore, preference_probabilities, preprocess_images,
+                                        rank_order)
 from tiny_clip import CLIP_MEAN, CLIP_STD, build_tiny_clip, random_uint8_images, reference_sciscore
 
 PROMPTS = ["an unripe apple on the table", "a glass of frozen water", "red apple"]

@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 import torch
-
+from science_t2i.nodes.core.images import to_pil
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.images import to_pil
 from science_t2i.nodes.sciscore import DEFAULT_SCISCORE, load_clip_directory, load_sciscore
 from tiny_clip import (TINY_OPEN_CLIP_CFG, build_tiny_clip, build_tiny_open_clip,
                        random_uint8_images)

@@ -8,12 +8,12 @@ import shutil
 import pytest
 import torch
 from PIL import Image
-
+from science_t2i.nodes.core.images import from_pil, to_pil
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.nodes.images import from_pil, to_pil
-from science_t2i.nodes.sciscore import (NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS,
-                                        DEFAULT_SCISCORE, SciScoreModel)
-from tiny_clip import build_tiny_clip, build_tiny_open_clip, random_uint8_images, reference_sciscore
+from science_t2i.nodes.sciscore import DEFAULT_SCISCORE, SciScoreModel
+from science_t2i.nodes.sciscore.node_classes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from tiny_clip import (build_tiny_clip, build_tiny_open_clip, random_uint8_images,
+                       reference_sciscore)
 
 PROMPT = "an unripe apple on the table"
 N = NODE_CLASS_MAPPINGS
@@ -38,7 +38,7 @@ def ref_scores(clip_dir, images, prompts):
 
 def test_every_node_is_a_v1_node_in_the_category():
     assert set(N) == set(NODE_DISPLAY_NAME_MAPPINGS)
-    assert len(N) == 6
+    assert len(N) == 7  # six SciScore nodes and the paper's ND
     for cls in N.values():
         spec = cls.INPUT_TYPES()
         assert "required" in spec and hasattr(cls, cls.FUNCTION)
@@ -167,6 +167,22 @@ def test_save_node_writes_pngs_with_prompt_and_scores(comfy):
         node.save([images[:1]], [0.5], ["x"], ["../escape"])
     with pytest.raises(ScienceT2IError, match="3 images but"):
         node.save([images], [0.5], ["x"], ["sci/test"])
+
+
+def test_save_node_ranks_images_of_different_sizes_together(comfy):
+    batches = [random_uint8_images(1, 40, 30, seed=1), random_uint8_images(2, 24, 32, seed=2)]
+    scores = [0.5, 2.0, -1.0]
+    N["ScienceT2I_SaveScoredImages"]().save(batches, scores, [PROMPT], ["mixed/s"])
+    files = sorted((comfy.models_dir.parent / "output" / "mixed").glob("*.png"))
+    metas = []
+    for f in files:
+        with Image.open(f) as img:
+            metas.append((img.size, json.loads(img.text["sciscore"])))
+    assert [m["score"] for _, m in metas] == scores
+    order = sorted(range(3), key=lambda i: -scores[i])        # best first, over all three
+    assert [m["rank"] for _, m in metas] == [order.index(i) + 1 for i in range(3)]
+    assert all(m["of"] == 3 for _, m in metas)
+    assert [size for size, _ in metas] == [(30, 40), (32, 24), (32, 24)]
 
 
 def test_save_node_names_the_scoring_model(comfy, loaded):

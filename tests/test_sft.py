@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.config import load_config
-from science_t2i.training.datasets import write_jsonl_dataset
-from science_t2i.training.sft import SFTConfig, SFTTrainer, train_sft
+from science_t2i.training.core.config import load_config
+from science_t2i.training.core.datasets import write_jsonl_dataset
+from science_t2i.training.sft.config import SFTConfig
+from science_t2i.training.sft.trainer import SFTTrainer, train_sft
 from tiny_flux import build_tiny_flux_pipeline
 
 RES = 32   # tiny VAE downsamples 2x: a 16x16 latent, 64 packed tokens
@@ -92,7 +92,7 @@ def test_overfitting_two_records_lowers_the_loss_and_lora_loads_in_diffusers(
     evals = [trainer.model_inputs(trainer.micro_batch(10_000 + i)) for i in range(6)]
 
     def eval_loss(model) -> float:
-        from science_t2i.training.flux_math import flow_matching_loss
+        from science_t2i.training.flux.flow_matching import flow_matching_loss
         with torch.no_grad():
             return float(np.mean([flow_matching_loss(
                 model(**{k: v for k, v in e.items() if k != "target"}, return_dict=False)[0],
@@ -120,7 +120,7 @@ def test_overfitting_two_records_lowers_the_loss_and_lora_loads_in_diffusers(
 
 def test_cache_is_built_once_then_reused_without_encoders(flux_dir, data_path, tmp_path,
                                                           monkeypatch):
-    from science_t2i.training import flux_model
+    from science_t2i.training.flux import model as flux_model
     cache = tmp_path / "cache"
     calls = {"prompts": 0, "images": 0}
     real_p, real_i = flux_model.FluxEncoders.encode_prompts, flux_model.FluxEncoders.encode_images
@@ -217,7 +217,7 @@ _CHILD = textwrap.dedent("""
 
 def test_sigkill_during_checkpoint_write_then_resume_is_exact(flux_dir, data_path,
                                                               straight_run, tmp_path):
-    from science_t2i.training.config import save_config
+    from science_t2i.training.core.config import save_config
     _, lora_straight = straight_run
     out = tmp_path / "killed"
     cfg = _cfg(flux_dir, data_path, out,
@@ -276,8 +276,8 @@ def test_small_images_refused_unless_upscaling_asked_for(flux_dir, tmp_path):
 
 
 def test_non_rgb_images_are_converted(flux_dir, tmp_path):
-    from science_t2i.training.datasets import ImageRef
-    from science_t2i.training.latent_cache import load_image_tensor
+    from science_t2i.training.core.datasets import ImageRef
+    from science_t2i.training.flux.latent_cache import load_image_tensor
     gray = Image.new("L", (RES, RES), 51)
     rgba = Image.new("RGBA", (RES, RES), (255, 0, 0, 128))
     pal = Image.new("RGB", (RES, RES), (0, 0, 255)).convert("P")
@@ -294,8 +294,8 @@ def test_non_rgb_images_are_converted(flux_dir, tmp_path):
 
 
 def test_resize_and_centre_crop_against_pil(tmp_path):
-    from science_t2i.training.datasets import ImageRef
-    from science_t2i.training.latent_cache import load_image_tensor
+    from science_t2i.training.core.datasets import ImageRef
+    from science_t2i.training.flux.latent_cache import load_image_tensor
     img = _noise_image(7, (64, 48))
     f = tmp_path / "a.png"
     img.save(f)
@@ -362,9 +362,9 @@ def test_paper_defaults():
 
 
 def test_optimizer_and_lora_setup(flux_dir, caplog):
-    from science_t2i.training.flux_model import attach_lora, load_transformer
-    from science_t2i.training.sections import OptimSection
-    from science_t2i.training.trainer import make_optimizer
+    from science_t2i.training.core.optim import make_optimizer
+    from science_t2i.training.core.sections import OptimSection
+    from science_t2i.training.flux.model import attach_lora, load_transformer
     model = load_transformer(flux_dir, torch.float32, torch.device("cpu"))
     with pytest.raises(ScienceT2IError, match="to_qq"):
         attach_lora(model, targets=["to_qq"])

@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.flux_math import (flow_matching_loss, flow_target, latent_image_ids,
-                                            noisy_latents, pack_latents, sample_sigmas,
-                                            text_ids, unpack_latents)
+from science_t2i.training.flux.flow_matching import (flow_matching_loss, flow_target,
+                                                     noisy_latents, sample_sigmas, text_ids)
+from science_t2i.training.flux.sampler import latent_image_ids, pack_latents, unpack_latents
 
 
 def test_pack_matches_explicit_patch_layout_and_round_trips():
@@ -129,3 +128,38 @@ def test_seeded_sampler_is_reproducible():
     a = sample_sigmas(8, "logit_normal", generator=torch.Generator().manual_seed(5))
     b = sample_sigmas(8, "logit_normal", generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "logit_normal", "mode"])
+def test_library_sampler_equals_the_hand_written_draws(kind):
+    """sample_sigmas draws through diffusers' compute_density_for_timestep_sampling; with the
+    same generator it gives what the SD3 formulas written out here give."""
+    m, sd, s = 0.3, 0.8, 1.29
+
+    def by_hand(g):
+        if kind == "uniform":
+            u = torch.rand(64, generator=g)
+        elif kind == "logit_normal":
+            u = torch.sigmoid(torch.randn(64, generator=g) * sd + m)
+        else:
+            u = torch.rand(64, generator=g)
+            u = 1 - u - s * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+        return u.clamp(1e-5, 1 - 1e-5)
+    ours = sample_sigmas(64, kind, logit_mean=m, logit_std=sd, mode_scale=s,
+                         generator=torch.Generator().manual_seed(11))
+    expected = by_hand(torch.Generator().manual_seed(11))
+    assert torch.allclose(ours, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seq", [256, 1024, 4096, 6000])
+def test_flux_shift_equals_the_linear_rule(seq):
+    """FLUX's resolution shift mu is diffusers' calculate_shift, the line through
+    (256, 0.5) and (4096, 1.15)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from science_t2i.training.flux.sampler import flux_sigmas
+    mu = 0.5 + (1.15 - 0.5) * (seq - 256) / (4096 - 256)
+    assert calculate_shift(seq) == pytest.approx(mu, rel=1e-12)
+    t = torch.linspace(1, 1 / 8, 8, dtype=torch.float64)
+    shifted = math.exp(mu) / (math.exp(mu) + (1 / t - 1))   # the time shift with exp(mu)
+    assert torch.allclose(flux_sigmas(8, seq)[:-1].double(), shifted, atol=1e-6)

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training import train_sciscore as ts
-from science_t2i.training.checkpoints import CheckpointManager
-from science_t2i.training.config import load_config
-from science_t2i.training.datasets import ImageRef, ScienceRecord, load_records
-from science_t2i.training.run_log import RunLog
-from science_t2i.training.sciscore_data import (ImageSpec, SampleStream, check_records,
+from science_t2i.training.core.checkpoints import CheckpointManager
+from science_t2i.training.core.config import load_config
+from science_t2i.training.core.datasets import ImageRef, ScienceRecord, load_records
+from science_t2i.training.core.run_log import RunLog
+from science_t2i.training.sciscore import trainer as ts
+from science_t2i.training.sciscore.data import (ImageSpec, SampleStream, check_records,
                                                 draw_sample, image_tensor, split_held_out)
 from tiny_clip import build_tiny_clip
 from tiny_science_scenes import write_science_dataset
@@ -77,8 +76,8 @@ def test_each_sample_draws_its_five_items_independently_and_uniformly():
 
 
 def test_sample_stream_is_a_function_of_the_sample_number(tiny_clip_dir, scenes):
-    from science_t2i.nodes.sciscore_loading import load_clip_directory
     from science_t2i.nodes.sciscore import preprocess_images
+    from science_t2i.nodes.sciscore.loading import load_clip_directory
     _, tok, image_cfg = load_clip_directory(tiny_clip_dir)
     records = load_records(scenes["train"])
     spec = ImageSpec.from_image_config(image_cfg)
@@ -120,7 +119,7 @@ def test_sample_stream_is_a_function_of_the_sample_number(tiny_clip_dir, scenes)
 
 def test_tiny_clip_learns_the_phenomena_and_the_best_model_loads_in_the_node(
         tiny_clip_dir, scenes, tmp_path, models_dir):
-    from science_t2i.nodes.sciscore import SciScoreLoader
+    from science_t2i.nodes.sciscore.node_classes import SciScoreLoaderNode
     held = load_records(scenes["test"])
     held_images = [[image_tensor(r.explicit_images[0]), image_tensor(r.superficial_images[0])]
                    for r in held]
@@ -153,7 +152,7 @@ def test_tiny_clip_learns_the_phenomena_and_the_best_model_loads_in_the_node(
     assert (out / "log.jsonl").is_file() and (out / "config.yaml").is_file()
 
     # the SciScore Loader node opens the best folder and scores exactly as the trainer did
-    model = SciScoreLoader().load(str(out / "best"), dtype="fp32")[0]
+    model = SciScoreLoaderNode().load(str(out / "best"), dtype="fp32")[0]
     loaded = torch.stack([model.score(imgs, r.implicit_prompts[0])
                           for imgs, r in zip(held_images, held)])
     # the scores the trainer's in-memory model gave when it chose this checkpoint
@@ -216,7 +215,7 @@ def test_resume_gives_the_same_tensors_as_an_uninterrupted_run(tiny_clip_dir, sc
 @pytest.mark.parametrize("field", ["implicit_prompt", "explicit_prompt", "superficial_prompt",
                                    "explicit_image", "superficial_image"])
 def test_records_with_an_empty_list_are_refused(field, tiny_clip_dir, scenes, tmp_path):
-    from science_t2i.training.datasets import write_jsonl_dataset
+    from science_t2i.training.core.datasets import write_jsonl_dataset
     from tiny_science_scenes import science_records
     rows = science_records(1, seed=5, images_per_side=1)
     rows[2][field] = []
@@ -273,7 +272,7 @@ def test_defaults_are_the_papers():
     assert cfg.eval.every == 10 and cfg.data.augment is False
     assert (cfg.preset, cfg.train.process_loss, cfg.data.preprocess) == ("reference", "sum",
                                                                          "exact")
-    from science_t2i.training.trainer import make_scheduler
+    from science_t2i.training.core.optim import make_scheduler
 
     def factors(c):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.optim.lr)
@@ -312,7 +311,7 @@ def test_settings_that_cannot_work_are_refused(tiny_clip_dir, scenes, tmp_path):
 # ----------------------------------------------------------------------------- parts
 
 def test_freezing_towers_keeps_only_the_rest_trainable(tiny_clip_dir):
-    from science_t2i.nodes.sciscore_loading import load_clip_directory
+    from science_t2i.nodes.sciscore.loading import load_clip_directory
     clip, _, _ = load_clip_directory(tiny_clip_dir)
     params = ts.set_trainable(clip, ts.ModelConfig(freeze_vision_tower=True))
     names = {n for n, p in clip.named_parameters() if p.requires_grad}
@@ -324,7 +323,7 @@ def test_freezing_towers_keeps_only_the_rest_trainable(tiny_clip_dir):
 
 
 def test_best_folder_write_is_atomic(tiny_clip_dir, tmp_path, monkeypatch):
-    from science_t2i.nodes.sciscore_loading import load_clip_directory
+    from science_t2i.nodes.sciscore.loading import load_clip_directory
     clip, tok, image_cfg = load_clip_directory(tiny_clip_dir)
     target = tmp_path / "best"
     ts.save_sciscore_folder(clip, tok, image_cfg, target, extra={"step": 1})

@@ -5,9 +5,8 @@ import math
 
 import pytest
 import torch
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.sciscore_loss import sciscore_loss
+from science_t2i.training.sciscore.loss import sciscore_loss
 
 
 def _unit(v: list[float]) -> list[float]:

@@ -7,14 +7,14 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.config import load_config
-from science_t2i.training.dpo import DPOConfig, DPOTrainer
-from science_t2i.training.run_log import RunLog
-from science_t2i.training.sft import SFTConfig, SFTTrainer
-from tiny_dpo import dpo_overrides
-from tiny_dpo import flux_dir, prompts  # noqa: F401  (shared fixtures)
+from science_t2i.training.core.config import load_config
+from science_t2i.training.core.run_log import RunLog
+from science_t2i.training.sft.config import SFTConfig
+from science_t2i.training.sft.trainer import SFTTrainer
+from science_t2i.training.stage2.config import Stage2Config
+from science_t2i.training.stage2.trainer import Stage2Trainer
+from tiny_dpo import dpo_overrides, flux_dir, prompts  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SFT_RES = 16   # the smallest SFT resolution
@@ -22,7 +22,7 @@ SFT_RES = 16   # the smallest SFT resolution
 
 @pytest.fixture(scope="module")
 def data_path(tmp_path_factory):
-    from science_t2i.training.datasets import write_jsonl_dataset
+    from science_t2i.training.core.datasets import write_jsonl_dataset
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (SFT_RES, SFT_RES, 3), dtype=np.uint8))
               for _ in range(3)]
@@ -73,6 +73,7 @@ def test_progress_bars_show_rate_and_eta_and_stage2_shows_its_phases(
     import functools
 
     import tqdm.auto
+
     # draw every update (tqdm draws at most every 0.1 s, and the tiny runs are faster)
     monkeypatch.setattr(tqdm.auto, "tqdm", functools.partial(tqdm.auto.tqdm, mininterval=0,
                                                              miniters=1))
@@ -82,11 +83,11 @@ def test_progress_bars_show_rate_and_eta_and_stage2_shows_its_phases(
     assert re.search(r"sft: 100%.*3/3 \[\d+:\d+<\d+:\d+, +[\d.]+(step/s|s/step)", err), \
         err[-2000:]
 
-    cfg = load_config(DPOConfig, None, dpo_overrides(flux_dir, prompts, tmp_path / "dpo",
+    cfg = load_config(Stage2Config, None, dpo_overrides(flux_dir, prompts, tmp_path / "dpo",
                                                      "train.rounds=2", "log.progress=true"))
-    DPOTrainer(cfg).setup().run()
+    Stage2Trainer(cfg).setup().run()
     err = capfd.readouterr().err
-    assert re.search(r"dpo: 100%.*2/2 \[.*<.*round", err), err[-2000:]
+    assert re.search(r"stage2: 100%.*2/2 \[.*<.*round", err), err[-2000:]
     assert re.search(r"round 1 rollouts: .*24/24 \[.*<.*img", err), err[-2000:]
     assert re.search(r"round 1 training: .*1/1 \[.*<", err), err[-2000:]
 

@@ -15,13 +15,12 @@ from typing import Literal, Optional
 import numpy as np
 import pytest
 import torch
-
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training.checkpoints import (CheckpointManager, capture_rng_state,
-                                              restore_rng_state)
-from science_t2i.training.config import config_to_dict, load_config, save_config
-from science_t2i.training.run_log import RunLog
-from science_t2i.training.trainer import resume_digest
+from science_t2i.training.core.checkpoints import (CheckpointManager, capture_rng_state,
+                                                   restore_rng_state)
+from science_t2i.training.core.config import (config_to_dict, load_config, resume_digest,
+                                              save_config)
+from science_t2i.training.core.run_log import RunLog
 
 
 @dataclass
@@ -133,7 +132,7 @@ def test_resume_digest_ignores_only_the_keys_a_resume_may_change(tmp_path):
 
 
 def test_renamed_keys_point_at_their_new_names(tmp_path):
-    from science_t2i.training.train_sciscore import SciScoreTrainConfig
+    from science_t2i.training.sciscore.config import SciScoreTrainConfig
     with pytest.raises(ScienceT2IError, match="'save_every' is now 'checkpoint.every'"):
         load_config(SciScoreTrainConfig, None, ["save_every=5"])
     f = tmp_path / "old.yaml"
@@ -149,8 +148,8 @@ def test_lr_schedules_are_the_library_formulas(name):
     linear decay (T - s) / (T - W) or cosine 0.5 (1 + cos(pi (s - W) / (T - W)))."""
     import math
 
-    from science_t2i.training.sections import OptimSection
-    from science_t2i.training.trainer import make_scheduler
+    from science_t2i.training.core.optim import make_scheduler
+    from science_t2i.training.core.sections import OptimSection
     W, T, lr = 4, 20, 0.5
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     sched = make_scheduler(opt, OptimSection(lr=lr, schedule=name, warmup_steps=W), T)
@@ -291,7 +290,7 @@ def test_load_errors(tmp_path):
 
 _KILL_CHILD = textwrap.dedent("""
     import sys, time, torch, safetensors.torch as st
-    from science_t2i.training.checkpoints import CheckpointManager
+    from science_t2i.training.core.checkpoints import CheckpointManager
     mgr = CheckpointManager(sys.argv[1], keep_last=1)
     mgr.save(1, {"w": torch.arange(6.0), "step": 1})
     real_save = st.save_file

@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from science_t2i.nodes import NODE_CLASS_MAPPINGS
 from science_t2i.nodes.errors import ScienceT2IError
-from science_t2i.training import workflow_check as wc
 from science_t2i.training.cli import main
+from science_t2i.training.comfy import node_defs as nd
+from science_t2i.training.comfy import workflow_check as wc
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
@@ -88,7 +88,7 @@ def test_the_core_record_holds_exactly_the_core_nodes_the_workflows_use():
     used: set[str] = set()
     for path in UI_FILES + API_FILES:
         used |= wc.workflow_node_types(load(path))
-    core = set(wc.core_node_defs())
+    core = set(nd.core_node_defs())
     assert core == used - set(NODE_CLASS_MAPPINGS)
 
 
@@ -362,7 +362,7 @@ def test_muted_nodes_are_not_queued_and_types_follow_comfyui_rules(defs):
 
 
 def test_pack_definitions_are_read_from_the_classes():
-    defs = wc.pack_node_defs()
+    defs = nd.pack_node_defs()
     assert set(defs) == set(NODE_CLASS_MAPPINGS)
     for name, cls in NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()

@@ -13,10 +13,11 @@ import sys
 
 from ..nodes import _comfy
 from ..nodes.errors import ScienceT2IError
-from .faults import disk_full_error, is_disk_full
+from .core.preflight import disk_full_error, is_disk_full
 
 # Subcommand modules, in help order.
-COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "eval_scigen", "imgcoder", "validate_workflow", "sft", "train_sciscore", "dpo"]
+COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "eval_scigen", "imgcoder",
+                       "validate_workflow", "sft", "train_sciscore", "stage2"]
 
 # exit status of a command whose output pipe was closed early (`... | head`): a shell's
 # 128 + SIGPIPE, what a tool killed by the signal reports

@@ -20,6 +20,6 @@ def add_endpoint_args(parser: Any, *, timeout: float) -> None:
 
 def backend_from_args(spec: str, args: argparse.Namespace) -> Any:
     """The backend of ``local:NAME`` / ``openai:MODEL`` with the endpoint arguments."""
-    from ...nodes.judge_backends import backend_from_spec
+    from ...nodes.lmm import backend_from_spec
     return backend_from_spec(spec, base_url=args.base_url, api_key_env=args.api_key_env,
                              timeout=args.timeout, retries=args.retries)

@@ -10,11 +10,13 @@ T = TypeVar("T")
 
 
 def add_trainer_parser(subparsers: argparse._SubParsersAction, name: str, *, help: str,
-                       description: str, example: str, run: Any) -> argparse.ArgumentParser:
+                       description: str, example: str, run: Any,
+                       aliases: list[str] | None = None) -> argparse.ArgumentParser:
     """A trainer's subcommand with the shared arguments; ``run(args) -> int`` runs it.
     Returns the parser for the trainer's own arguments."""
     parser = subparsers.add_parser(
-        name, help=help, description=f"{description} Settings come from the defaults (the "
+        name, aliases=aliases or [], help=help,
+        description=f"{description} Settings come from the defaults (the "
         "paper's), then --config, then key.sub=value overrides. Several GPUs: accelerate "
         f"launch --multi_gpu --num_processes N -m science_t2i.training.cli {name} ...")
     parser.add_argument("--config", default=None, help="YAML or TOML config file")
@@ -32,7 +34,7 @@ def add_trainer_parser(subparsers: argparse._SubParsersAction, name: str, *, hel
 def resolve_config(cls: type[T], args: argparse.Namespace,
                    extra_overrides: list[str] | None = None) -> T | None:
     """The config for ``args``; None (after printing it) when --print-config was given."""
-    from ..config import config_to_dict, load_config
+    from ..core.config import config_to_dict, load_config
     cfg: Any = load_config(cls, args.config, list(args.overrides) + list(extra_overrides or []))
     if args.print_config:
         import yaml

@@ -8,7 +8,7 @@ from ._model_args import add_endpoint_args, backend_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ...nodes.sciscore_loading import DEFAULT_SCISCORE
+    from ...nodes.sciscore.loading import DEFAULT_SCISCORE
     p = subparsers.add_parser(
         "eval-reward", help="reward-model accuracy on a Science-T2I dataset",
         description="For each record, score explicit_image[0] and superficial_image[0] against "
@@ -52,11 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ...nodes.errors import ScienceT2IError
     from ...nodes.sciscore import load_sciscore
-    from ...nodes.sciscore_loading import DEFAULT_SCISCORE
-    from ..datasets import load_records
-    from ..evaluate import (bar_chart_png, charts_available, reward_accuracy, reward_markdown,
-                            write_report)
-    from ..faults import check_device, check_output_dir
+    from ...nodes.sciscore.loading import DEFAULT_SCISCORE
+    from ..core.datasets import load_records
+    from ..core.preflight import check_device, check_output_dir
+    from ..eval.reports import bar_chart_png, charts_available, write_report
+    from ..eval.science_t2i import reward_accuracy, reward_markdown
 
     check_device(args.device)
     out = check_output_dir(args.out, "--out")
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         del scorer
     notes = []
     for spec in args.judge or []:
-        from ..judge_cache import JudgeCache
-        from ..judge_pairs import judge_pair_accuracy
+        from ..eval.judge_cache import JudgeCache
+        from ..eval.judge_pairs import judge_pair_accuracy
         backend = backend_from_args(spec, args)
         table = judge_pair_accuracy(records, backend, strict=args.judge_parse == "strict",
                                     cache=JudgeCache(out / "judge_cache.jsonl"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ._model_args import add_endpoint_args, backend_from_args
 
@@ -62,113 +61,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...nodes import _comfy
-    from ...nodes.errors import ScienceT2IError
-    from ..evaluate import bar_chart_png, charts_available, write_report
-    from ..faults import check_device, check_output_dir, require_modules
-    from ..judge_cache import JudgeCache
-    from ..scigen_data import load_scigen_records, parse_image_sets
-    from ..scigen_eval import (METRICS, add_standard_metrics, judge_image_set, scigen_markdown,
-                               summarise, summarise_groups, unparseable)
+    from ..core.preflight import check_device, check_output_dir
+    from ..eval.scigen.run import ScigenOptions, check_options, parse_metrics, run_scigen
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown or not metrics:
-        raise ScienceT2IError(f"--metrics {args.metrics!r}: use a comma list of {METRICS}.")
-    judged = [m for m in metrics if m in ("quiz", "judge")]
-    if judged and not args.judge:
-        raise ScienceT2IError(f"--metrics {','.join(judged)} needs a judge: pass --judge "
-                              "local:MODEL or --judge openai:MODEL --base-url URL, or "
-                              "--metrics standard.")
-    if args.workers < 1:
-        raise ScienceT2IError(f"--workers must be at least 1, got {args.workers}.")
-    device = check_device(args.device)
+    opts = ScigenOptions(
+        records=args.records, split=args.split, source=args.source,
+        real_images=args.real_images, exclude_ids=args.exclude_ids, images=args.images,
+        generated_column=args.generated_column, real_column=args.real_column,
+        metrics=parse_metrics(args.metrics), workers=args.workers, grader=args.grader,
+        missing=args.missing, clip_model=args.clip_model, fid_weights=args.fid_weights,
+        fid=not args.no_fid, device=args.device, limit=args.limit)
+    check_options(opts, has_judge=bool(args.judge))
+    opts.device = check_device(args.device)
     out = check_output_dir(args.out, "--out")
-    if not args.images and not args.generated_column:
-        raise ScienceT2IError("nothing to evaluate: pass --images DIR (images named by record "
-                              "id) or --generated-column COLUMN (images inside the records).")
-    image_sets: dict = parse_image_sets(args.images)
-    if args.generated_column:
-        name = Path(args.records).name + (f"/{args.split}" if args.split else "")
-        image_sets = {name: None, **image_sets}   # None: the records' own images
-    records = load_scigen_records(args.records, args.split, args.source,
-                                  real_key=args.real_column,
-                                  generated_key=args.generated_column)
-    if args.exclude_ids:
-        from ..faults import read_text
-        drop = {line.strip() for line in read_text(args.exclude_ids, "--exclude-ids file")
-                .splitlines() if line.strip()}
-        records = [r for r in records if r.id not in drop]
-        if not records:
-            raise ScienceT2IError(f"--exclude-ids {args.exclude_ids} leaves no record.")
-    if args.real_images:
-        from ..scigen_data import attach_real_images
-        attached = attach_real_images(records, Path(args.real_images))
-        print(f"real images: {attached} of {len(records)} records found in {args.real_images}")
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ScienceT2IError(f"--limit must be at least 1, got {args.limit}.")
-        records = records[:args.limit]
-    with_real = sum(r.real_image is not None for r in records)
-    standard = "standard" in metrics and with_real > 0
-    if "standard" in metrics and not with_real:
-        print("note: no record has a real image; PSNR/SSIM/CLIP/FID are skipped")
-    if standard:
-        require_modules(["torchmetrics"] + ([] if args.no_fid else ["torch_fidelity"]),
-                        "the standard metrics (PSNR/SSIM/CLIP/FID)",
-                        ", or leave them out with --metrics quiz,judge")
-    charts = charts_available()
-
-    backend = grader = None
-    if judged:
-        backend = backend_from_args(args.judge, args)
-        grader = backend if args.grader == "judge" else None
-    cache = JudgeCache(out / "judge_cache.jsonl")
-    quizzes = {r.id: len(r.quizzes) for r in records}
-    results: dict[str, dict] = {}
-    for name, folder in image_sets.items():
-        if judged:
-            rows = judge_image_set(records, folder, backend, cache, metrics=judged,
-                                   grader=grader, workers=args.workers, desc=f"judging {name}")
-        else:
-            from ..scigen_eval import image_sources
-            rows = [{"id": r.id, "image_type": r.image_type, "subject": r.subject,
-                     "status": "ok" if ref else "missing", "image": ref.label if ref else None}
-                    for r, ref in zip(records, image_sources(records, folder))]
-        std_summary = None
-        if standard:
-            from ..scigen_metrics import StandardMetrics
-            engine = StandardMetrics(clip_model=args.clip_model, fid_weights=args.fid_weights,
-                                     fid=not args.no_fid,
-                                     device=str(_comfy.torch_device()) if device == "auto"
-                                     else device)
-            std_summary = add_standard_metrics(rows, records, folder, engine)
-        kw = {"missing": args.missing, "quizzes_of": quizzes.__getitem__}
-        results[name] = {"folder": str(folder) if folder else f"{args.records} "
-                                   f"({args.generated_column})", "overall": summarise(rows, **kw),
-                         "by_image_type": summarise_groups(rows, "image_type", **kw),
-                         "by_subject": summarise_groups(rows, "subject", **kw),
-                         "standard": std_summary, "unparseable": unparseable(rows),
-                         "failures": [{"id": r["id"], "status": r["status"],
-                                       "error": r.get("error", "")}
-                                      for r in rows if r["status"] != "ok"],
-                         "records": rows}
-    title = f"SciGenBench evaluation of {args.records}" + (f" ({args.split})" if args.split
-                                                           else "")
-    markdown = scigen_markdown(results, title)
-    chart = None
-    if charts and "quiz" in metrics:
-        chart = bar_chart_png({n: {t: (v["r_inv"] or 0.0) * 100
-                                   for t, v in r["by_image_type"].items()}
-                               for n, r in results.items()}, title, "R_inv (%)")
-    data = {"records_file": str(args.records), "split": args.split, "source": args.source,
-            "judge": backend.name if backend else None, "metrics": metrics,
-            "missing": args.missing, "grader": args.grader, "records": len(records),
-            "cache": {"file": str(cache.path), "replies": len(cache), "reused": cache.hits},
-            "sets": results}
-    paths = write_report(out, "scigen_eval", data, markdown, chart, setting="--out")
+    backend = backend_from_args(args.judge, args) if opts.judged else None
+    data, markdown, paths = run_scigen(opts, backend, out)
     print(markdown)
-    failed = sum(r["overall"]["judge_error"] for r in results.values())
+    failed = sum(r["overall"]["judge_error"] for r in data["sets"].values())
     if failed:
         print(f"warning: {failed} record(s) had judge calls fail after {args.retries + 1} "
               "tries and are left out; their errors are in scigen_eval.json ('failures'). Run the "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ...nodes.sciscore_loading import DEFAULT_SCISCORE
+    from ...nodes.sciscore.loading import DEFAULT_SCISCORE
     p = subparsers.add_parser(
         "eval-t2i", help="score a text-to-image run: mean SciScore of IP/EP/SP images, ND, RI",
         description="RUN holds ip/, ep/ and sp/ folders of images generated from the implicit, "
@@ -35,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...nodes.sciscore import load_sciscore
-    from ..datasets import load_records
-    from ..evaluate import (bar_chart_png, charts_available, collect_generated, compare_runs,
-                            evaluate_t2i_run, t2i_markdown, write_report)
-    from ..faults import check_device, check_output_dir
+    from ..core.datasets import load_records
+    from ..core.preflight import check_device, check_output_dir
+    from ..eval.reports import bar_chart_png, charts_available, write_report
+    from ..eval.science_t2i import collect_generated, compare_runs, evaluate_t2i_run, t2i_markdown
 
     check_device(args.device)
     out = check_output_dir(args.out, "--out")

@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...nodes.errors import ScienceT2IError
-    from ...nodes.figure_sandbox import SandboxLimits
-    from ..faults import check_output_dir
-    from ..imgcoder_batch import load_problems, run_imgcoder
+    from ...nodes.imgcoder.sandbox import SandboxLimits
+    from ..core.preflight import check_output_dir
+    from ..generate.imgcoder import load_problems, run_imgcoder
 
     for flag, value, low in (("--width", args.width, 16), ("--height", args.height, 16),
                              ("--dpi", args.dpi, 10), ("--repairs", args.repairs, 0)):

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sft import SFTConfig, train_sft
+    from ..sft.config import SFTConfig
+    from ..sft.trainer import train_sft
     cfg = resolve_config(SFTConfig, args)
     if cfg is None:
         return 0

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train_sciscore import SciScoreTrainConfig, train_sciscore
+    from ..sciscore.config import SciScoreTrainConfig
+    from ..sciscore.trainer import train_sciscore
     cfg = resolve_config(SciScoreTrainConfig, args)
     if cfg is None:
         return 0

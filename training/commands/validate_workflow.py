@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..workflow_check import load_node_defs, validate_files
+    from ..comfy.workflow_check import load_node_defs, validate_files
     report = validate_files(args.files, load_node_defs(), twins=not args.no_twins)
     failed = 0
     for path, problems in report.items():

@@ -1,0 +1,69 @@
+"""What the two FLUX trainers (SFT and stage 2) share on top of the core: a LoRA on the FLUX
+transformer, trained in float32 over frozen weights, checkpointed and exported in the
+diffusers layout that ComfyUI and ``FluxPipeline.load_lora_weights`` read."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+
+from ..core.config import config_to_dict
+from ..core.trainer import Trainer
+from .model import LORA_TARGETS
+
+
+class LoraTrainer(Trainer):
+    """A :class:`Trainer` whose trained parameters are a LoRA (``cfg.lora``) on a FLUX
+    transformer; ``self.model`` is the (possibly DDP-wrapped) transformer."""
+
+    stage = "lora"   # written into the LoRA file's metadata
+    needs = ("accelerate", "diffusers", "peft")
+
+    def setup_lora(self, transformer: torch.nn.Module, total_steps: int,
+                   start_from: Any = None) -> None:
+        """Attach the LoRA (its gaussian init drawn after seeding, so runs repeat; or, with
+        ``start_from``, a LoRA file to keep training, see ``reference_policy.continue_lora``),
+        gradient checkpointing when ``train`` asks for it, then the core's optimizer and
+        wrapping."""
+        from .model import attach_lora
+        from .reference_policy import continue_lora
+        cfg = self.cfg
+        self.seed_everything()
+        if start_from is not None:
+            params = continue_lora(transformer, start_from, dtype=cfg.lora.dtype)
+        else:
+            params = attach_lora(transformer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.init,
+                                 cfg.lora.targets, dtype=cfg.lora.dtype)
+        if cfg.train.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.prepare(transformer, params, total_steps)
+
+    def trainer_state(self) -> dict[str, Any]:
+        from .model import lora_state
+        return {"lora": lora_state(self.unwrapped)}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        from .model import load_lora_state
+        load_lora_state(self.unwrapped, state["lora"])
+
+    def write_lora(self, path: str | Path) -> Path:
+        """The trained LoRA as a diffusers-layout safetensors file (atomic)."""
+        from ...nodes.lora.files import save_flux_lora
+        return save_flux_lora(self.unwrapped, Path(path),
+                              training_config=config_to_dict(self.cfg),
+                              extra_metadata={"science_t2i.stage": self.stage,
+                                              "science_t2i.steps": str(self.step)})
+
+
+@dataclass
+class LoraSection:
+    rank: int = 16
+    alpha: float = 16.0
+    init: str = "gaussian"
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # fp32: LoRA weights in float32 over a bf16 base (pack); base: in the base weights' dtype,
+    # bf16 under bf16 mixed precision (reference). None: from the preset
+    dtype: Optional[Literal["base", "fp32"]] = None
