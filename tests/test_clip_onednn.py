@@ -1,4 +1,4 @@
-"""The oneDNN image tower (nodes/clip_onednn.py) against the libraries' own forwards."""
+"""The oneDNN image tower (nodes/sciscore/onednn.py) against the libraries' own forwards."""
 from __future__ import annotations
 
 import logging

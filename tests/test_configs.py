@@ -60,3 +60,14 @@ def test_readme_shows_every_config_file():
     readme = (REPO / "README.md").read_text()
     missing = [p.name for p in CONFIGS if f"training/configs/{p.name}" not in readme]
     assert not missing, missing
+
+
+def test_dpo_is_stage2_under_its_earlier_name(capsys):
+    from science_t2i.training.cli import build_parser
+    stage2 = build_parser().parse_args(["stage2", "train.rounds=3"])
+    dpo = build_parser().parse_args(["dpo", "train.rounds=3"])
+    assert stage2.func is dpo.func and stage2.overrides == dpo.overrides == ["train.rounds=3"]
+    assert main(["dpo", "--print-config", "train.rounds=3"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["rounds"] == 3
+    help_text = build_parser().format_help()
+    assert "stage2 (dpo)" in help_text

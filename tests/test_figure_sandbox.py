@@ -1,4 +1,4 @@
-"""The figure sandbox (nodes/figure_sandbox.py): model-written matplotlib code runs in a child
+"""The figure sandbox (nodes/imgcoder/sandbox.py): model-written matplotlib code runs in a child
 process and comes back as a PNG or a clear error, never harming the process that asked.
 
 Hostile programs are run twice where the static check refuses them: once through check_code,

@@ -147,10 +147,13 @@ def test_the_node_ids_and_names_saved_workflows_use():
         assert cls.CATEGORY.startswith("Science-T2I/"), (node_id, room)
 
 
-@pytest.mark.parametrize("room", ["core", "sciscore", "prompts", "lmm", "judges", "masks",
-                                  "lora", "imgcoder"])
+@pytest.mark.parametrize("room", [
+    "nodes.core", "nodes.sciscore", "nodes.prompts", "nodes.lmm", "nodes.judges", "nodes.masks",
+    "nodes.lora", "nodes.imgcoder", "training.core", "training.flux", "training.sft",
+    "training.stage2", "training.stage2.rewards", "training.sciscore", "training.eval",
+    "training.eval.scigen", "training.generate", "training.comfy"])
 def test_each_room_names_its_public_api(room):
-    module = importlib.import_module(f"science_t2i.nodes.{room}")
+    module = importlib.import_module(f"science_t2i.{room}")
     assert module.__doc__ and module.__all__
     missing = [name for name in module.__all__ if not hasattr(module, name)]
     assert not missing, missing

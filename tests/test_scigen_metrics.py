@@ -1,4 +1,4 @@
-"""SciGenBench's standard metrics (training/scigen_metrics.py) against independent
+"""SciGenBench's standard metrics (training/eval/scigen/metrics.py) against independent
 computations: PSNR by its formula and torchmetrics' own function, SSIM as scikit-image
 defines it (sample covariances, interior windows) written out in numpy, CLIP score from a
 transformers CLIPModel forward, FID by the Fréchet formula on the same features."""

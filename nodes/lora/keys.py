@@ -13,7 +13,7 @@ spelling ComfyUI's and diffusers' FLUX loaders both accept: ``transformer.<diffu
 with ``lora_A.weight``, ``lora_B.weight`` and ``alpha``. Fused BFL layers are split along the
 output rows exactly as ComfyUI's ``comfy.utils.flux_to_diffusers`` slices them.
 
-Pure functions on tensors, no file access: ``nodes/lora.py`` reads and checks the files.
+Pure functions on tensors, no file access: ``files`` reads and checks the files.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from .workflow_ui import check_ui, ui_to_api
 # ----------------------------------------------------------------------------- loading
 
 def load_workflow(path: str | Path) -> dict:
-    from ..core.preflight import read_json
+    from ..core.readers import read_json
     path = Path(path)
     if not path.is_file():
         raise ScienceT2IError(f"workflow file {path} does not exist")

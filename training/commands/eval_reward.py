@@ -8,7 +8,7 @@ from ._model_args import add_endpoint_args, backend_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ...nodes.sciscore.loading import DEFAULT_SCISCORE
+    from ...nodes.sciscore import DEFAULT_SCISCORE
     p = subparsers.add_parser(
         "eval-reward", help="reward-model accuracy on a Science-T2I dataset",
         description="For each record, score explicit_image[0] and superficial_image[0] against "
@@ -51,8 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...nodes.errors import ScienceT2IError
-    from ...nodes.sciscore import load_sciscore
-    from ...nodes.sciscore.loading import DEFAULT_SCISCORE
+    from ...nodes.sciscore import DEFAULT_SCISCORE, load_sciscore
     from ..core.datasets import load_records
     from ..core.preflight import check_device, check_output_dir
     from ..eval.reports import bar_chart_png, charts_available, write_report

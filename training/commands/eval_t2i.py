@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ...nodes.sciscore.loading import DEFAULT_SCISCORE
+    from ...nodes.sciscore import DEFAULT_SCISCORE
     p = subparsers.add_parser(
         "eval-t2i", help="score a text-to-image run: mean SciScore of IP/EP/SP images, ND, RI",
         description="RUN holds ip/, ep/ and sp/ folders of images generated from the implicit, "

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...nodes.errors import ScienceT2IError
-    from ...nodes.imgcoder.sandbox import SandboxLimits
+    from ...nodes.imgcoder import SandboxLimits
     from ..core.preflight import check_output_dir
     from ..generate.imgcoder import load_problems, run_imgcoder
 

@@ -12,7 +12,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ...nodes.sciscore.loading import DEFAULT_SCISCORE
+    from ...nodes.sciscore import DEFAULT_SCISCORE
     p = subparsers.add_parser(
         "score", help="score and rank images by SciScore (scientific realism)",
         description="Score images against one prompt (or one --prompt per image) with SciScore "
@@ -57,7 +57,7 @@ def collect_images(args: list[str]) -> list[Path]:
 def read_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
-    from ...nodes.core.images import from_pil
+    from ...nodes.core import from_pil
     try:
         with Image.open(path) as img:
             return from_pil(img)

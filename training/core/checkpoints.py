@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...nodes.core.files import commit_directory, recover_directory
+from ...nodes.core import commit_directory, recover_directory
 from ...nodes.errors import ScienceT2IError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

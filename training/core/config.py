@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
-from ...nodes.core.digest import json_digest
+from ...nodes.core import json_digest
 from ...nodes.errors import ScienceT2IError
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ScienceT2IError(f"config file not found: {path}; pass an existing .yaml/.toml "
                               "file to --config (or leave --config out to use the defaults).")
-    from .preflight import read_text
+    from .readers import read_text
     text = read_text(path, "config file")
     suffix = path.suffix.lower()
     try:
@@ -309,7 +309,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomic), so a run records what it trained with."""
     import yaml
 
-    from ...nodes.core.files import write_bytes_atomic
+    from ...nodes.core import write_bytes_atomic
     write_bytes_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode("utf-8"))
 
 

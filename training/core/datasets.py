@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ...nodes.errors import ScienceT2IError
-from .preflight import TRAINING_EXTRA, parse_json, read_json, read_text
+from .preflight import TRAINING_EXTRA
+from .readers import parse_json, read_json, read_text
 
 PROMPT_FIELDS = ("implicit_prompt", "explicit_prompt", "superficial_prompt")
 IMAGE_FIELDS = ("explicit_image", "superficial_image")
@@ -66,7 +67,7 @@ class ImageRef:
             raise ScienceT2IError(
                 f"cannot decode {where} ({type(exc).__name__}: {exc}); the image is corrupt "
                 "or not an image: replace it or drop the record.") from exc
-        from ...nodes.core.images import rgb8
+        from ...nodes.core import rgb8
         return rgb8(img)   # 16-bit grey scaled to 8 bits, not clipped at 255
 
 
@@ -341,7 +342,7 @@ def write_jsonl_dataset(records: list[dict], folder: Path) -> Path:
     """
     from PIL import Image
 
-    from ...nodes.core.files import write_bytes_atomic
+    from ...nodes.core import write_bytes_atomic
 
     folder = Path(folder)
     img_dir = folder / "images"

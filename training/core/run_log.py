@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ...nodes.core.files import atomic_path, write_bytes_atomic
+from ...nodes.core import atomic_path, write_bytes_atomic
 
 
 def _plain(v: Any) -> Any:

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ...nodes.core.digest import bytes_sha256, file_sha256, json_digest
+from ...nodes.core import bytes_sha256, file_sha256, json_digest
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ def write_report(out_dir: Path, stem: str, data: dict, markdown: str, chart: byt
     naming the file and ``setting`` (the option that chose ``out_dir``)."""
     import json
 
-    from ...nodes.core.files import write_bytes_atomic
+    from ...nodes.core import write_bytes_atomic
 
     out_dir = Path(out_dir)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}_per_task.png"]

@@ -21,9 +21,9 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from ...nodes import _comfy
 from ...nodes.errors import ScienceT2IError
-from ...nodes.sciscore.metrics import normalized_difference, relative_improvement
+from ...nodes.sciscore import normalized_difference, relative_improvement
 from ..core.datasets import ScienceRecord
-from ..core.preflight import parse_json, read_text
+from ..core.readers import parse_json, read_text
 from .reports import num, pct
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def accuracy_table(outcomes: Iterable[tuple[str, str, bool]]) -> dict:
 # ---------------------------------------------------------------- scoring
 
 def _to_image(ref: Any):
-    from ...nodes.core.images import from_pil
+    from ...nodes.core import from_pil
     return from_pil(ref.open())
 
 
@@ -148,7 +148,7 @@ def compare_runs(base: dict, tuned: dict) -> dict:
 def score_images(items: Sequence[tuple[Path, str]], scorer: Scorer,
                  batch_size: int = 16) -> list[float]:
     """Scores of (image file, prompt) pairs, in batches."""
-    from ...nodes.core.images import from_pil
+    from ...nodes.core import from_pil
     from ..core.datasets import ImageRef
     out: list[float] = []
     with _comfy.Progress(len(items), desc="scoring") as bar:

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from ...nodes.core.digest import parts_digest
-from ...nodes.core.files import save_safetensors_atomic
+from ...nodes.core import parts_digest, save_safetensors_atomic
 from ...nodes.errors import ScienceT2IError
 
 if TYPE_CHECKING:
@@ -82,7 +81,7 @@ def load_image_tensor(ref: "ImageRef", resolution: int, upscale_small: bool = Fa
             "data.upscale_small=true to upscale it (blurrier training data).")
     filt = Image.BILINEAR if resample == "bilinear" else Image.BICUBIC
     if not crop:
-        from ...nodes.sciscore.preprocess import resized_shape
+        from ...nodes.sciscore import resized_shape
         nh, nw = resized_shape(h, w, resolution)
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), filt)

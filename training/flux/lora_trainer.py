@@ -51,7 +51,7 @@ class LoraTrainer(Trainer):
 
     def write_lora(self, path: str | Path) -> Path:
         """The trained LoRA as a diffusers-layout safetensors file (atomic)."""
-        from ...nodes.lora.files import save_flux_lora
+        from ...nodes.lora import save_flux_lora
         return save_flux_lora(self.unwrapped, Path(path),
                               training_config=config_to_dict(self.cfg),
                               extra_metadata={"science_t2i.stage": self.stage,

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ...nodes.core.files import safetensors_metadata, save_safetensors_atomic
+from ...nodes.core import safetensors_metadata, save_safetensors_atomic
 from ...nodes.errors import ScienceT2IError
 from ...nodes.lora import DIFFUSERS_METADATA_KEY, folded_adapter_config, read_lora
 
@@ -114,7 +114,7 @@ def continue_lora(transformer: torch.nn.Module, lora: Any,
                   dtype: str = "fp32") -> list[torch.nn.Parameter]:
     """Attach a LoRA file twice: as the trained adapter ("default", initialised to the file)
     and as the frozen reference (``REFERENCE_ADAPTER``); returns the trained parameters.
-    ``dtype`` as in ``flux_model.attach_lora``."""
+    ``dtype`` as in ``model.attach_lora``."""
     from peft.utils import set_peft_model_state_dict
     config = _adapter_config(lora)
     state = _adapter_state(lora)

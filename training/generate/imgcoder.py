@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...nodes import _comfy
-from ...nodes.core.files import write_bytes_atomic
+from ...nodes.core import write_bytes_atomic
 from ...nodes.errors import ScienceT2IError
-from ...nodes.imgcoder.draw import draw_figure
-from ...nodes.imgcoder.sandbox import SandboxLimits
+from ...nodes.imgcoder import SandboxLimits, draw_figure
 from ..core.progress import EtaLog
 from ..eval.scigen.data import check_unique_ids, problem_text, record_id
 
@@ -38,7 +37,7 @@ def load_problems(path: str | Path) -> list[Problem]:
     from ..core.datasets import read_rows
     path = Path(path)
     if path.suffix == ".txt":
-        from ..core.preflight import read_text
+        from ..core.readers import read_text
         lines = read_text(path, "prompts file").splitlines()
         problems = [Problem(str(n), line.strip()) for n, line in enumerate(lines, 1)
                     if line.strip()]

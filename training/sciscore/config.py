@@ -65,7 +65,7 @@ def _paper_optim() -> OptimSection:
     return OptimSection(lr=2e-6, weight_decay=0.3, schedule=None, warmup_steps=150)
 
 
-# option -> (reference implementation, pack); see presets.py and README
+# option -> (reference implementation, pack); see core/presets.py and README
 SCISCORE_PRESETS: dict[str, tuple[Any, Any]] = {
     "optim.schedule": ("constant_with_warmup", "linear"),
     "train.process_loss": ("sum", "mean"),

@@ -82,7 +82,7 @@ class ImageSpec:
     std: tuple[float, float, float]
     rescale_factor: float = 1 / 255
     resample: str = "bicubic"
-    mode: str = "exact"             # clip_preprocess: exact (the processor's pixels) or fast
+    mode: str = "exact"             # nodes/sciscore/preprocess: exact (the processor's pixels) or fast
 
     @classmethod
     def from_image_config(cls, cfg: dict[str, Any], mode: str = "exact") -> "ImageSpec":
@@ -115,7 +115,7 @@ def augment_image(img: torch.Tensor, rng: random.Random) -> torch.Tensor:
 
 def preprocess(img: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
     """One [H,W,3] image -> [3, crop, crop] normalised pixels (the scorer's own preprocessing)."""
-    from ...nodes.sciscore.preprocess import preprocess_images
+    from ...nodes.sciscore import preprocess_images
     return preprocess_images(img.unsqueeze(0), spec.size, spec.mean, spec.std,
                              crop_size=spec.crop_size, mode=spec.mode,
                              rescale_factor=spec.rescale_factor, resample=spec.resample)[0]

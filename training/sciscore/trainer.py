@@ -2,7 +2,7 @@
 
 One optimizer step = ``train.batch_size`` samples over all processes, split into
 micro-batches of ``train.micro_batch_size`` per process and accumulated; the loop, the
-checkpoints and the schedule are the trainer core's (``trainer.py``). The sample stream is a
+checkpoints and the schedule are the trainer core's (``core/trainer.py``). The sample stream is a
 function of the sample number, so a run resumed from a checkpoint continues exactly as if it
 had never stopped, and N processes train on what one process would. Every ``eval.every``
 steps the model is scored on the held-out split with the paper's accuracy protocol (the same
@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ...nodes.core.files import atomic_directory, recover_directory, write_json_atomic
+from ...nodes.core import atomic_directory, recover_directory, write_json_atomic
 from ...nodes.errors import ScienceT2IError
 from ..core.config import config_to_dict
 from ..core.trainer import Trainer, run_scope
@@ -151,7 +151,7 @@ def training_scorer(clip: torch.nn.Module, tokenizer: Any, image_cfg: dict[str, 
     Built fresh for every evaluation, so no text embedding cached before the last update is
     reused.
     """
-    from ...nodes.sciscore.model import SciScoreModel
+    from ...nodes.sciscore import SciScoreModel
     return SciScoreModel.from_clip(clip, tokenizer, image_cfg, name="training", device=device,
                                    batch_size=batch_size)
 
@@ -187,7 +187,7 @@ class SciScoreTrainer(Trainer):
     plot_file = "curves.png"
 
     def setup(self) -> "SciScoreTrainer":
-        from ...nodes.sciscore.loading import load_clip_directory, resolve_source
+        from ...nodes.sciscore import load_clip_directory, resolve_source
         cfg = self.cfg
         check_config(cfg)
         self.start()  # a resume that cannot work fails before the data and model are loaded

@@ -23,7 +23,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    path: str = ""                    # Science-T2I-format dataset folder/file (see datasets.py)
+    path: str = ""                    # Science-T2I-format dataset folder/file (see core/datasets.py)
     split: Optional[str] = "train"
     resolution: int = 512             # the shortest side (and the square's side with crop)
     # None = from the preset. reference: Resize(bilinear) of the shortest side, no crop,
@@ -67,7 +67,7 @@ class SampleSection:
     seed: int = 0
 
 
-# option -> (reference implementation, pack); see presets.py and README
+# option -> (reference implementation, pack); see core/presets.py and README
 SFT_PRESETS: dict[str, tuple[Any, Any]] = {
     "train.timestep_sampling": ("discrete", "uniform"),
     "data.resample": ("bilinear", "bicubic"),

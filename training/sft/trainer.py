@@ -289,7 +289,7 @@ class SFTTrainer(LoraTrainer):
         """Images of the fixed sample prompts with the current LoRA (loads the VAE briefly)."""
         from PIL import Image
 
-        from ...nodes.core.files import write_bytes_atomic
+        from ...nodes.core import write_bytes_atomic
         from ..flux.model import FluxEncoders
         from ..flux.sampler import FluxConditioning, decode_latents, sample_plain
         cfg = self.cfg
@@ -343,7 +343,7 @@ class SFTTrainer(LoraTrainer):
 
 
 def _discrete_levels(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's scheduler training table (``flux_math.discrete_levels``)."""
+    """The model's scheduler training table (``flow_matching.discrete_levels``)."""
     from ..flux.model import scheduler_config
     sc = scheduler_config(model_dir)
     return discrete_levels(int(sc.get("num_train_timesteps", 1000)), float(sc.get("shift", 1.0)),

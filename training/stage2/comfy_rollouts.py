@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ...nodes.core.files import atomic_path
+from ...nodes.core import atomic_path
 from ...nodes.errors import ScienceT2IError
 
 log = logging.getLogger("science_t2i.comfy")
@@ -261,7 +261,7 @@ class ComfyRolloutClient:
 
         from PIL import Image
 
-        from ...nodes.core.images import from_pil
+        from ...nodes.core import from_pil
         out, texts = [], []
         for ref in refs:
             query = urllib.parse.urlencode({"filename": ref["filename"],

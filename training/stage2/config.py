@@ -100,7 +100,7 @@ class ComfySection:
     timeout: float = 1800.0
 
 
-# option -> (reference implementation, pack); see presets.py and README
+# option -> (reference implementation, pack); see core/presets.py and README
 STAGE2_PRESETS: dict[str, tuple[Any, Any]] = {
     "model.sft_start": ("continue", "merge"),
     "objective.pair_loss": ("matrix", "pair"),

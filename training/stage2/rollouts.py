@@ -2,13 +2,13 @@
 
 Two sources behind one interface (``generate(prompts, k, seed) -> RolloutBatch``):
 
-- :class:`InProcessRollouts` samples with the stochastic Euler sampler (``flux_sampler``) and
+- :class:`InProcessRollouts` samples with the stochastic Euler sampler (``flux.sampler``) and
   keeps every trajectory, which the "oft" objective needs;
 - :class:`ComfyRollouts` runs ``workflows/api/rollout.json`` on ComfyUI servers
-  (``comfy_client``); the images are VAE-encoded here for the "flow-dpo" objective.
+  (``comfy_rollouts``); the images are VAE-encoded here for the "flow-dpo" objective.
 
-Rewards and masks are computed by the same node code in both (``nodes/sciscore.py``,
-``nodes/masks.py``), or taken from the graph's outputs when the servers already ran them.
+Rewards and masks are computed by the same node code in both (``nodes/sciscore``,
+``nodes/masks``), or taken from the graph's outputs when the servers already ran them.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...nodes.errors import ScienceT2IError
-from ..core.preflight import read_json
+from ..core.readers import read_json
 from ..core.seeds import seed_for
 from ..flux.sampler import (FluxConditioning, Trajectory, decode_latents, latent_grid,
                             pack_latents, sample_trajectory)
@@ -166,8 +166,7 @@ def gdino_latent_masks(model: str, *, box_threshold: float = 0.35, text_threshol
                        device: Any = None) -> MaskFn:
     """The paper's subject mask: GroundingDINO boxes of the subject, merged into one widened box,
     set as a 0/1 box on the latent grid (the whole image when nothing is detected)."""
-    from ...nodes.masks.boxes import paper_latent_box_mask
-    from ...nodes.masks.gdino import load_grounding_dino
+    from ...nodes.masks import load_grounding_dino, paper_latent_box_mask
     detector = load_grounding_dino(model, device=device)
 
     def mask_fn(images: torch.Tensor, subjects: list[str],

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ....nodes.errors import ScienceT2IError
-from ....nodes.judges.protocols import Quiz, gold_letter
+from ....nodes.judges import Quiz, gold_letter
 from ...core.datasets import ImageRef, images_field, read_rows
 
 TEXT_KEYS = ("original_question", "question", "prompt", "caption")

@@ -21,9 +21,8 @@ from typing import Any, Sequence
 
 from ....nodes import _comfy
 from ....nodes.errors import ScienceT2IError
-from ....nodes.judges import SCORE_KEYS, Parsed
-from ....nodes.judges.free_answers import parse_scores
-from ....nodes.judges.protocols import PROMPT_VERSION, ask_quiz, grade_quiz, rate_figure
+from ....nodes.judges import (PROMPT_VERSION, SCORE_KEYS, Parsed, ask_quiz, grade_quiz,
+                              parse_scores, rate_figure)
 from ....nodes.lmm import LMMError
 from ...core.datasets import ImageRef
 from ...core.progress import EtaLog

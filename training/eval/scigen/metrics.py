@@ -30,8 +30,7 @@ import torch
 from PIL import Image
 
 from ....nodes import _comfy
-from ....nodes.core import hub
-from ....nodes.core.files import load_torch_checkpoint
+from ....nodes.core import hub, load_torch_checkpoint
 from ....nodes.errors import ScienceT2IError
 from ...core.preflight import require_modules
 from ..reports import mean_or_none

@@ -10,7 +10,8 @@ from typing import Any
 
 from ....nodes import _comfy
 from ....nodes.errors import ScienceT2IError
-from ...core.preflight import read_text, require_modules
+from ...core.preflight import require_modules
+from ...core.readers import read_text
 from ..judge_cache import JudgeCache
 from ..reports import bar_chart_png, charts_available, write_report
 from .data import SciGenRecord, attach_real_images, load_scigen_records, parse_image_sets

@@ -16,6 +16,8 @@ import torch
 from ....nodes.errors import ScienceT2IError
 from . import brightness, sciscore
 
+__all__ = ["REWARDS", "Reward", "RewardFn", "build_reward", "reward_for"]
+
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
