@@ -21,9 +21,9 @@ import pytest
 from comfy_stub import InterruptProcessingException
 from launch import free_port, launch_env
 from PIL import Image
+from science_t2i.nodes import lmm
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.lmm import LMMError, LocalBackend, OpenAIBackend, backend_from_spec
-from science_t2i.nodes import lmm
 from science_t2i.nodes.lmm import local as jb
 from science_t2i.nodes.lmm.base import check_parts
 from tiny_llm import WORDS, build_tiny_llm

@@ -7,10 +7,9 @@ import shutil
 
 import pytest
 import torch
-
 from science_t2i.nodes import masks
-from science_t2i.nodes.masks import node_classes as mask_nodes
 from science_t2i.nodes.errors import ScienceT2IError
+from science_t2i.nodes.masks import node_classes as mask_nodes
 from tiny_gdino import build_tiny_gdino
 
 H, W = 128, 160

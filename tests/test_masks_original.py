@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from science_t2i.nodes import masks
-from science_t2i.nodes.masks import node_classes as mask_nodes
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.masks import gdino_original as go
+from science_t2i.nodes.masks import node_classes as mask_nodes
 from tiny_gdino import build_tiny_original, tiny_bert_tokenizer, write_tiny_bert_files
 
 # The released GroundingDINO_SwinT_OGC.cfg.py (IDEA-Research/GroundingDINO), verbatim.

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from science_t2i.nodes import prompts
-from science_t2i.nodes.prompts import node_classes as prompt_nodes
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.prompts import (build_triple, detect_task, extract_subject, get_task,
                                        load_knowledge)
+from science_t2i.nodes.prompts import node_classes as prompt_nodes
 from science_t2i.nodes.prompts.rewrite import implicit_to_explicit
 
 ROLLOUT = Path("/work/shared/data/science_t2i_rollout_prompts.json")

@@ -5,11 +5,10 @@ import logging
 
 import pytest
 import torch
-from science_t2i.nodes import prompts
-from science_t2i.nodes.prompts import node_classes as prompt_nodes
 from science_t2i.nodes.errors import ScienceT2IError
 from science_t2i.nodes.lmm import local as local_models
 from science_t2i.nodes.prompts import llm as prompt_llm
+from science_t2i.nodes.prompts import node_classes as prompt_nodes
 from science_t2i.nodes.prompts import rewrite_rules
 from science_t2i.nodes.prompts.rewrite import implicit_to_explicit
 from tiny_llm import WORDS, build_tiny_llm

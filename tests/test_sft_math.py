@@ -156,7 +156,6 @@ def test_flux_shift_equals_the_linear_rule(seq):
     """FLUX's resolution shift mu is diffusers' calculate_shift, the line through
     (256, 0.5) and (4096, 1.15)."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
     from science_t2i.training.flux.sampler import flux_sigmas
     mu = 0.5 + (1.15 - 0.5) * (seq - 256) / (4096 - 256)
     assert calculate_shift(seq) == pytest.approx(mu, rel=1e-12)

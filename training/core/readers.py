@@ -10,6 +10,7 @@ from typing import Any
 
 from ...nodes.errors import ScienceT2IError
 
+
 def parse_json(text: str, source: str | os.PathLike, *, line: int | None = None,
                fix: str = "fix or regenerate it") -> Any:
     """``json.loads`` for a file a user gave: broken JSON, or JSON nested deeper than the
