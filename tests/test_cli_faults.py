@@ -88,7 +88,7 @@ def _without(monkeypatch, package: str) -> None:
 def _trainer_args(command: str, tmp_path, out) -> list[str]:
     """Settings that pass every check made before the trainer loads data or models."""
     common = [f"output_dir={out}", "data.path=/nonexistent/data"]
-    if command == "dpo":
+    if command in ("dpo", "stage2"):
         common = [f"output_dir={out}",
                   f"rollout.prompts={write_prompts(tmp_path / 'prompts.json')}"]
     model = "model.init" if command == "train-sciscore" else "model.path"
@@ -141,6 +141,53 @@ def test_eval_out_in_a_folder_without_write_permission(clip_dir, dataset, capsys
                  "--out", out]) == 2
     assert f"--out {out} is not writable: no permission to write in /proc/self" in \
         capsys.readouterr().err
+
+
+UNCREATABLE = "/proc/science_t2i_no_such/run"   # no one can create entries in /proc
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+@pytest.mark.parametrize("command", ["sft", "stage2", "train-sciscore", "eval-reward",
+                                     "eval-t2i"])
+def test_output_folder_that_cannot_be_created_is_one_line(
+        command, clip_dir, dataset, t2i_run, image, tmp_path, capsys):
+    """Root may write anywhere by its permission bits, yet /proc takes no new folder: the
+    check makes (and removes) the first missing folder instead of trusting os.access."""
+    argv = _command(command, clip_dir, dataset, t2i_run, image, UNCREATABLE) \
+        if command.startswith("eval") else _trainer_args(command, tmp_path, UNCREATABLE)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    setting = "--out" if command.startswith("eval") else "output_dir"
+    assert err.startswith(f"error: {setting} {UNCREATABLE} ")
+    assert "cannot be written" in err or "not writable" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_output_folder_check_leaves_nothing_behind(tmp_path):
+    from science_t2i.training.core.preflight import check_output_dir
+    target = tmp_path / "a" / "b" / "c"
+    assert check_output_dir(target, "output_dir") == target
+    assert list(tmp_path.iterdir()) == []
+    assert check_output_dir(tmp_path, "output_dir") == tmp_path and list(tmp_path.iterdir()) == []
+
+
+def test_flux_folder_with_pickled_transformer_is_refused_up_front(tmp_path, capsys):
+    """Pickle files can run code when loaded: a FLUX folder whose transformer weights are
+    only a .bin is a one-line error before any loading, not a library traceback."""
+    from safetensors.torch import load_file
+    from tiny_flux import build_tiny_flux_pipeline
+    flux = tmp_path / "flux"
+    build_tiny_flux_pipeline(flux)
+    (weights,) = (flux / "transformer").glob("*.safetensors")
+    torch.save(load_file(weights), flux / "transformer" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    argv = ["sft", f"model.path={flux}", f"output_dir={tmp_path / 'run'}",
+            f"data.path={tmp_path / 'data'}", "train.mixed_precision=fp32"]
+    capsys.readouterr()   # the builder's progress bars
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "transformer holds its weights only as pickle files (diffusion_pytorch_model.bin)" \
+        in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo", "train-sciscore"])
@@ -381,3 +428,15 @@ def test_a_nan_learning_rate_is_a_one_line_error(command, capsys):
     assert main([command, "--print-config", "optim.lr=nan"]) != 0
     err = capsys.readouterr().err
     assert "optim.lr must be > 0; got nan." in err and "Traceback" not in err
+
+
+def test_optional_kernel_fetch_warning_is_not_shown(caplog):
+    """bitsandbytes (when installed) warns at import, on CPUs with AVX512-BF16, that it could
+    not fetch an optional kernel from the Hub: the commands drop that one message."""
+    assert main(["sft", "--print-config"]) == 0
+    noisy = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        noisy.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s", "offline")
+        noisy.warning("an unrelated warning")
+    assert [r.getMessage() for r in caplog.records] == ["an unrelated warning"]
+

@@ -19,6 +19,29 @@ from .core.preflight import disk_full_error, is_disk_full
 COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "eval_scigen", "imgcoder",
                        "validate_workflow", "sft", "train_sciscore", "stage2"]
 
+# Loggers of optional libraries whose import-time noise says nothing about the run:
+# bitsandbytes, on CPUs with AVX512-BF16, tries to fetch an optional kernel from the Hub at
+# import and warns when it cannot (offline, or an untrusted repository), then falls back by
+# itself.
+QUIET_LOGGERS = {"bitsandbytes.backends.cpu.ops": "kernels-community"}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.marker not in record.getMessage()
+
+
+def quiet_optional_libraries() -> None:
+    for name, marker in QUIET_LOGGERS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(marker))
+
+
 # exit status of a command whose output pipe was closed early (`... | head`): a shell's
 # 128 + SIGPIPE, what a tool killed by the signal reports
 EXIT_PIPE_CLOSED = 141
@@ -80,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    quiet_optional_libraries()
     if args.models_dir:
         _comfy.set_models_dir(args.models_dir)
     try:

@@ -12,6 +12,7 @@ import errno
 import importlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -75,7 +76,30 @@ def check_output_dir(path: str | os.PathLike, setting: str) -> Path:
         raise ScienceT2IError(f"{setting} {path} is not writable: no permission to write in "
                               f"{existing}; choose a folder you can write to or fix its "
                               "permissions.")
+    _probe_folder(path, existing, setting)
     return path
+
+
+def _probe_folder(path: Path, existing: Path, setting: str) -> None:
+    """Make and remove the first missing folder of ``path`` (or a file in ``path`` when it
+    exists): permission bits say nothing for root, nor for folders such as /proc whose
+    entries no one can create."""
+    try:
+        if existing == path:
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".science_t2i-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            first = path
+            while first.parent != existing:
+                first = first.parent
+            first.mkdir()
+            first.rmdir()
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(exc, path, setting) from None
+        raise ScienceT2IError(f"{setting} {path} cannot be written ({exc.strerror or exc}); "
+                              f"choose a folder you can write to.") from None
 
 
 # ----------------------------------------------------------------------------- full disk

@@ -5,21 +5,24 @@ them through :class:`FluxEncoders`, encodes, and drops them before the transform
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
+from ...nodes.core import PICKLE_SUFFIXES
 from ...nodes.errors import ScienceT2IError
 
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 _COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+_WEIGHTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
 
 
 def resolve_flux_dir(path: str | Path) -> Path:
@@ -41,7 +44,39 @@ def resolve_flux_dir(path: str | Path) -> Path:
             f"{p} is not a diffusers FLUX folder (missing: {', '.join(missing) or 'the folder'}); "
             "point model.path at a FLUX.1-dev download (model_index.json, transformer/, vae/, "
             "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/).")
+    for component in _WEIGHTS:
+        _check_weights(p / component)
     return p
+
+
+def _check_weights(folder: Path) -> None:
+    """Refuse, before any loading, a component whose weights are only pickle files (they can
+    run code when loaded) or that has no weights at all."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in folder.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise ScienceT2IError(
+            f"{folder} holds its weights only as pickle files ({', '.join(pickles)}), which can "
+            "run code when loaded, so the trainers read .safetensors only: download the "
+            "safetensors release of the model, or convert the folder in a trusted environment.")
+    raise ScienceT2IError(f"{folder} has no weights (*.safetensors): the download is "
+                          "incomplete; download the FLUX folder again.")
+
+
+@contextlib.contextmanager
+def _loading(what: str, folder: Path) -> Iterator[None]:
+    """An error of the library while loading a checked component, as one line saying which
+    folder and what to do (a truncated or corrupt download)."""
+    try:
+        yield
+    except (ScienceT2IError, MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ScienceT2IError(f"cannot load the {what} in {folder} ({type(exc).__name__}: "
+                              f"{reason}); the files are incomplete or corrupt: download the "
+                              "FLUX folder again.") from exc
 
 
 def component_fingerprint(folder: Path) -> str:
@@ -87,8 +122,10 @@ class FluxEncoders:
     def vae(self) -> Any:
         if self._vae is None:
             from diffusers import AutoencoderKL
-            self._vae = AutoencoderKL.from_pretrained(
-                str(self.model_dir), subfolder="vae", torch_dtype=self.dtype).to(self.device).eval()
+            with _loading("VAE", self.model_dir / "vae"):
+                self._vae = AutoencoderKL.from_pretrained(
+                    str(self.model_dir), subfolder="vae", torch_dtype=self.dtype,
+                    use_safetensors=True).to(self.device).eval()
             self._vae.requires_grad_(False)
         return self._vae
 
@@ -98,10 +135,13 @@ class FluxEncoders:
             d = str(self.model_dir)
             # transformers >= 4.56 takes dtype= (torch_dtype= is deprecated there); diffusers'
             # from_pretrained above and below keeps torch_dtype=, its name since 0.x
-            clip = CLIPTextModel.from_pretrained(d, subfolder="text_encoder",
-                                                 dtype=self.dtype).to(self.device).eval()
-            t5 = T5EncoderModel.from_pretrained(d, subfolder="text_encoder_2",
-                                                dtype=self.dtype).to(self.device).eval()
+            with _loading("CLIP text encoder", self.model_dir / "text_encoder"):
+                clip = CLIPTextModel.from_pretrained(d, subfolder="text_encoder", dtype=self.dtype,
+                                                     use_safetensors=True).to(self.device).eval()
+            with _loading("T5 text encoder", self.model_dir / "text_encoder_2"):
+                t5 = T5EncoderModel.from_pretrained(d, subfolder="text_encoder_2",
+                                                    dtype=self.dtype,
+                                                    use_safetensors=True).to(self.device).eval()
             clip.requires_grad_(False)
             t5.requires_grad_(False)
             self._text = (AutoTokenizer.from_pretrained(d, subfolder="tokenizer"), clip,
@@ -157,8 +197,9 @@ def scheduler_config(model_dir: Path) -> dict:
 
 def load_transformer(model_dir: Path, dtype: torch.dtype, device: torch.device) -> Any:
     from diffusers import FluxTransformer2DModel
-    model = FluxTransformer2DModel.from_pretrained(str(model_dir), subfolder="transformer",
-                                                   torch_dtype=dtype)
+    with _loading("FLUX transformer", Path(model_dir) / "transformer"):
+        model = FluxTransformer2DModel.from_pretrained(str(model_dir), subfolder="transformer",
+                                                       torch_dtype=dtype, use_safetensors=True)
     model.requires_grad_(False)
     return model.to(device)
 
