@@ -314,3 +314,38 @@ def test_masked_oft_with_grounding_dino_subject_masks(flux_dir, prompts, tmp_pat
     trainer.run()
     losses = [r["loss"] for r in trainer.run_log.records() if "loss" in r]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_rollout_prompts_are_encoded_once_and_the_text_encoders_released(
+        flux_dir, prompts, tmp_path, monkeypatch):
+    """Stage 2 holds no text encoder while it samples and trains: every rollout prompt is
+    encoded once at setup (into the prompt cache) and read from there each round."""
+    from science_t2i.training.flux import model as flux_model
+    real = flux_model.FluxEncoders.encode_prompts
+    encoded: list[str] = []
+
+    def counting(self, texts):
+        encoded.extend(texts)
+        return real(self, texts)
+    monkeypatch.setattr(flux_model.FluxEncoders, "encode_prompts", counting)
+    trainer = Stage2Trainer(cfg_for(flux_dir, prompts, tmp_path / "run", "train.rounds=2")).setup()
+    unique = sorted({p.prompt for p in trainer.prompts})
+    assert sorted(encoded) == unique                      # each prompt once, at setup
+    assert trainer.encoders._text is None                 # released before sampling
+    texts = unique[:3] + unique[:1]
+    cached = trainer.conditioning.encode_prompts(texts)
+    fresh = flux_model.FluxEncoders(trainer.model_dir, trainer.device, trainer.weight_dtype,
+                                    32)
+    live = real(fresh, texts)
+    assert all(torch.equal(a, b) for a, b in zip(cached, live))   # the same conditioning
+    trainer.run()
+    assert sorted(encoded) == unique                      # nothing encoded during the rounds
+    assert trainer.encoders._text is None
+    # a run that points at the same prompt cache loads no text encoder at all
+    encoded.clear()
+    again = cfg_for(flux_dir, prompts, tmp_path / "run2", "train.rounds=1",
+                    f"rollout.prompt_cache={tmp_path / 'run' / 'prompt_cache'}")
+    Stage2Trainer(again).setup()
+    assert encoded == []
+    with pytest.raises(ScienceT2IError, match="not encoded beforehand"):
+        trainer.conditioning.encode_prompts(["a prompt outside the rollout set"])

@@ -11,6 +11,7 @@ sequence (``t5``, [L, D]) and the CLIP pooled embedding (``pooled``, [P]).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -247,3 +248,36 @@ def build_cache(records: list["ScienceRecord"], encoders: "FluxEncoders", cache:
                 bar.update(len(keys))
             cache.put_many(entries)
     return out, extra
+
+
+class CachedPrompts:
+    """The text conditioning of a fixed set of prompts, read from a ``LatentCache``: what
+    ``FluxEncoders.encode_prompts`` gives, without the text encoders in memory. Built by
+    ``cache_prompts``."""
+
+    def __init__(self, cache: LatentCache, keys: dict[str, str]):
+        self.cache, self.keys = cache, keys
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = sorted({p for p in prompts if p not in self.keys})
+        if missing:
+            raise ScienceT2IError(f"{len(missing)} prompt(s) were not encoded beforehand, e.g. "
+                                  f"{missing[0]!r}: only the prompts given to cache_prompts "
+                                  "can be read.")
+        rows = [self.cache.get(self.keys[p], ("t5", "pooled")) for p in prompts]
+        return torch.stack([r["t5"] for r in rows]), torch.stack([r["pooled"] for r in rows])
+
+
+def cache_prompts(prompts: Iterable[str], encoders: "FluxEncoders", cache: LatentCache, *,
+                  dtype: torch.dtype, batch_size: int = 8, progress: bool = True,
+                  first: Any = None) -> CachedPrompts:
+    """Encode the prompts not cached yet (T5 and CLIP, as ``encode_prompts``), then release
+    the text encoders. ``first``: accelerate's ``main_process_first`` (one process fills the
+    cache, the others read it)."""
+    with first() if first is not None else contextlib.nullcontext():
+        cache.refresh()
+        _, keys = build_cache([], encoders, cache, resolution=0, batch_size=batch_size,
+                              cache_dtype=dtype, extra_prompts=list(dict.fromkeys(prompts)),
+                              progress=progress)
+    encoders.release_text()
+    return CachedPrompts(cache, keys)

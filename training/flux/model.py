@@ -178,6 +178,10 @@ class FluxEncoders:
     def release(self) -> None:
         """Drop the encoders so training runs without them in memory."""
         self._vae = None
+        self.release_text()
+
+    def release_text(self) -> None:
+        """Drop the CLIP and T5 encoders (the VAE stays): prompts were encoded beforehand."""
         self._text = None
         gc.collect()
         if torch.cuda.is_available():

@@ -43,6 +43,9 @@ class RolloutSection:
     resolution: int = 512
     batch_size: int = 8       # images sampled per forward pass
     max_sequence_length: int = 512
+    # where the rollout prompts' T5/CLIP embeddings are kept, encoded once before training
+    # so the text encoders are not in memory while sampling; "" = <output_dir>/prompt_cache
+    prompt_cache: str = ""
 
 
 @dataclass

@@ -198,9 +198,11 @@ class InProcessRollouts:
                  num_steps: int = 30, churn: float = 0.1, guidance: float = 0.0,
                  vae_scale_factor: int = 8, scheduler_config: dict | None = None,
                  reward_fn: RewardFn = brightness, mask_fn: MaskFn | None = None,
-                 batch_size: int = 8, device: Any = "cpu", autocast: Any = None):
+                 batch_size: int = 8, device: Any = "cpu", autocast: Any = None,
+                 text: Any = None):
         self.transformer = transformer
         self.encoders = encoders
+        self.text = text if text is not None else encoders   # .encode_prompts(texts)
         self.resolution = resolution
         self.num_steps = num_steps
         self.churn = churn
@@ -218,7 +220,7 @@ class InProcessRollouts:
         """K images per prompt; image j of prompt i draws all its noise from a generator
         seeded by (seeds[i], j), whichever batch it is sampled in."""
         texts, subjects = _expand(prompts, k)
-        seq, pooled = self.encoders.encode_prompts(texts)
+        seq, pooled = self.text.encode_prompts(texts)
         seq, pooled = seq.float(), pooled.float()
         lh, lw = latent_grid(self.resolution, self.resolution, self.vae_scale)
         generators = [torch.Generator().manual_seed(seed_for(seed, j))
@@ -260,9 +262,10 @@ class ComfyRollouts:
     def __init__(self, client: Any, encoders: Any, *, resolution: int = 512,
                  vae_scale_factor: int = 8, reward_fn: RewardFn | None = None,
                  mask_fn: MaskFn | None = None, use_masks: bool = True,
-                 device: Any = "cpu"):
+                 device: Any = "cpu", text: Any = None):
         self.client = client
         self.encoders = encoders
+        self.text = text if text is not None else encoders   # .encode_prompts(texts)
         self.resolution = resolution
         self.vae_scale = vae_scale_factor
         self.reward_fn = reward_fn
@@ -298,7 +301,7 @@ class ComfyRollouts:
                     torch.cat([_resize_masks(r.masks, res) for r in results]), (lh, lw))
             elif self.mask_fn is not None:
                 masks = self.mask_fn(images, subjects, (lh, lw)).float()
-        seq, pooled = self.encoders.encode_prompts(texts)
+        seq, pooled = self.text.encode_prompts(texts)
         x0 = self.encode_images(images)
         return RolloutBatch(list(prompts), k, images, rewards.float().reshape(len(prompts), k),
                             x0, seq.float().cpu(), pooled.float().cpu(), masks, lh, lw, None)

@@ -39,9 +39,11 @@ import torch
 
 from ...nodes.errors import ScienceT2IError
 from ...nodes.lora import read_lora
+from ..core.preflight import check_output_dir
 from ..core.seeds import generator_for, seed_for
 from ..core.trainer import run_scope
 from ..flux.flow_matching import sample_sigmas
+from ..flux.latent_cache import CachedPrompts, LatentCache, cache_prompts
 from ..flux.lora_trainer import LoraTrainer
 from ..flux.reference_policy import (REFERENCE_ADAPTER, adapter_active, adapter_disabled,
                                      merge_lora_into_weights, write_stacked_lora)
@@ -67,7 +69,7 @@ class Stage2Trainer(LoraTrainer):
 
     name = "stage2"
     may_change_on_resume = ("output_dir", "lora_name", "train.rounds", "checkpoint", "log",
-                            "comfy")
+                            "comfy", "rollout.prompt_cache")
     plot_keys = ("reward_mean", "loss", "win_rate")
     plot_file = "reward.png"
 
@@ -109,6 +111,7 @@ class Stage2Trainer(LoraTrainer):
                                   f"multiple of {2 * self.vae_scale}.")
         self.encoders = FluxEncoders(self.model_dir, self.device, self.weight_dtype,
                                      cfg.rollout.max_sequence_length)
+        self.conditioning = self._encode_prompts()   # before the transformer is loaded
         transformer = load_transformer(self.model_dir, self.weight_dtype, self.device)
         self.sft_lora = None
         self.continuing = False   # training the SFT LoRA itself, a frozen copy the reference
@@ -143,6 +146,20 @@ class Stage2Trainer(LoraTrainer):
         r, t = self.cfg.rollout, self.cfg.train
         return t.rounds * math.ceil(r.prompts_per_round * t.inner_epochs / self.pairs_per_step)
 
+    def _encode_prompts(self) -> CachedPrompts:
+        """Every rollout prompt's T5/CLIP embeddings, encoded once into the prompt cache; the
+        text encoders are released, so sampling and training run without them."""
+        r = self.cfg.rollout
+        if r.prompt_cache:
+            check_output_dir(r.prompt_cache, "rollout.prompt_cache")
+        folder = Path(r.prompt_cache).expanduser() if r.prompt_cache else \
+            self.output_dir / "prompt_cache"
+        acc = self.accelerator
+        return cache_prompts([p.prompt for p in self.prompts], self.encoders, LatentCache(folder),
+                             dtype=self.weight_dtype, batch_size=r.batch_size,
+                             progress=self.cfg.log.progress and acc.is_local_main_process,
+                             first=acc.main_process_first)
+
     def _reward(self) -> Callable:
         if self.reward_fn is not None:
             return self.reward_fn
@@ -167,7 +184,7 @@ class Stage2Trainer(LoraTrainer):
                 churn=r.churn, guidance=r.guidance, vae_scale_factor=self.vae_scale,
                 scheduler_config=self.scheduler_config, reward_fn=self._reward(),
                 mask_fn=self._masks(), batch_size=r.batch_size, device=self.device,
-                autocast=self.accelerator.autocast)
+                autocast=self.accelerator.autocast, text=self.conditioning)
         from .comfy_rollouts import ComfyRolloutClient, ComfyServer
         if not self.comfy_servers:
             raise ScienceT2IError("rollout.source=comfy needs servers: pass --comfy "
@@ -184,7 +201,7 @@ class Stage2Trainer(LoraTrainer):
         return ComfyRollouts(client, self.encoders, resolution=r.resolution,
                              vae_scale_factor=self.vae_scale, reward_fn=reward,
                              mask_fn=self.mask_fn, use_masks=cfg.mask.enabled,
-                             device=self.device)
+                             device=self.device, text=self.conditioning)
 
     def _publish_lora(self) -> None:
         """The current policy on the ComfyUI servers: written and copied by the main process
