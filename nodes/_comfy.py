@@ -240,6 +240,17 @@ def load_to_device(handle: Any) -> None:
         handle.model.to(handle.load_device)
 
 
+def offload(handle: Any) -> None:
+    """Move a wrapped model back to its offload device when it is not needed until its next
+    use (standalone runs: training holds on the GPU only what the current phase uses);
+    inside ComfyUI its model management decides."""
+    if IN_COMFY and not isinstance(handle, StandaloneHolder):
+        return
+    if handle.load_device != handle.offload_device:
+        handle.model.to(handle.offload_device)
+        soft_empty_cache()
+
+
 def soft_empty_cache() -> None:
     if IN_COMFY:
         model_management.soft_empty_cache()

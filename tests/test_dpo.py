@@ -349,3 +349,41 @@ def test_rollout_prompts_are_encoded_once_and_the_text_encoders_released(
     assert encoded == []
     with pytest.raises(ScienceT2IError, match="not encoded beforehand"):
         trainer.conditioning.encode_prompts(["a prompt outside the rollout set"])
+
+
+def test_reward_and_mask_models_are_offloaded_after_each_use(flux_dir, prompts, tmp_path,
+                                                            monkeypatch):
+    """SciScore and GroundingDINO sit on the training device only while they score and mask:
+    each is handed back to its offload device right after its use in a round."""
+    from science_t2i.nodes import _comfy
+    from tiny_clip import build_tiny_clip
+    from tiny_gdino import build_tiny_gdino
+    offloaded = []
+    real_offload = _comfy.offload
+
+    def spy(handle):
+        offloaded.append(type(handle.model).__name__)
+        real_offload(handle)
+    monkeypatch.setattr(_comfy, "offload", spy)
+    clip = build_tiny_clip(tmp_path / "clip")
+    gdino = build_tiny_gdino(tmp_path / "grounding-dino-tiny-test")
+    cfg = cfg_for(flux_dir, prompts, tmp_path / "r", "reward.kind=sciscore",
+                  f"reward.model={clip}", "reward.dtype=fp32", "mask.enabled=true",
+                  f"mask.model={gdino}", "mask.box_threshold=0.05", "mask.text_threshold=0.05",
+                  "train.rounds=1")
+    trainer = Stage2Trainer(cfg).setup()
+    batch = trainer.source.generate(EVAL_PROMPTS[:2], 2, [3, 4])
+    assert batch.rewards.shape == (2, 2) and batch.latent_masks.shape == (4, 1, 4, 4)
+    assert offloaded == ["CLIPModel", "GroundingDinoForObjectDetection"]
+
+
+def test_offload_moves_a_standalone_model_to_its_offload_device():
+    from science_t2i.nodes import _comfy
+    model = torch.nn.Linear(3, 2)
+    handle = _comfy.StandaloneHolder(model, torch.device("cpu"), torch.device("meta"))
+    _comfy.offload(handle)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    same = _comfy.StandaloneHolder(torch.nn.Linear(3, 2), torch.device("cpu"),
+                                   torch.device("cpu"))
+    _comfy.offload(same)   # nothing to move
+    assert all(p.device.type == "cpu" for p in same.model.parameters())

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
+from ...nodes import _comfy
 from ...nodes.errors import ScienceT2IError
 from ..core.readers import read_json
 from ..core.seeds import seed_for
@@ -175,6 +176,7 @@ def gdino_latent_masks(model: str, *, box_threshold: float = 0.35, text_threshol
         for img, subject in zip(images, subjects):
             (det,) = detector.detect(img.unsqueeze(0), subject, box_threshold, text_threshold)
             out.append(paper_latent_box_mask(det.merged_box_cxcywh()[None], *latent_hw)[0])
+        _comfy.offload(detector.handle)   # on the GPU only while masking
         return torch.stack(out).unsqueeze(1).float()
     return mask_fn
 

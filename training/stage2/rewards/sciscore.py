@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ....nodes import _comfy
 from ....nodes.sciscore import load_sciscore
 
 
@@ -15,5 +16,7 @@ def build(section: Any, device: Any = None):
                            batch_size=section.batch_size, preprocess=section.preprocess)
 
     def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        return scorer.score(images, list(prompts)).float().cpu()
+        scores = scorer.score(images, list(prompts)).float().cpu()
+        _comfy.offload(scorer.patcher)   # on the GPU only while scoring
+        return scores
     return reward
