@@ -22,8 +22,11 @@ COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "eval_scigen", "imgco
 # Loggers of optional libraries whose import-time noise says nothing about the run:
 # bitsandbytes, on CPUs with AVX512-BF16, tries to fetch an optional kernel from the Hub at
 # import and warns when it cannot (offline, or an untrusted repository), then falls back by
-# itself.
-QUIET_LOGGERS = {"bitsandbytes.backends.cpu.ops": "kernels-community"}
+# itself. torchao (model.base) registers an enum the installed torch already handles, and
+# diffusers warns about torchao-serialized checkpoints, which the pack never loads.
+QUIET_LOGGERS = {"bitsandbytes.backends.cpu.ops": "kernels-community",
+                 "torch.utils._pytree": "is an Enum subclass",
+                 "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao`"}
 
 
 class _DropMessages(logging.Filter):

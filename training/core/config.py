@@ -323,12 +323,26 @@ def _pop(tree: dict[str, Any], key: str) -> Any:
     return tree.pop(name, None)
 
 
-def resume_digest(cfg: Any, may_change: Iterable[str]) -> str:
-    """The one settings digest: the config without the keys a resume may change."""
+def resume_digest(cfg: Any, may_change: Iterable[str],
+                  added: dict[str, Any] | None = None) -> str:
+    """The one settings digest: the config without the keys a resume may change, nor the keys
+    of ``added`` (key -> default) that later versions added, while they hold their default
+    (so a run started before a key existed resumes)."""
     tree = config_to_dict(cfg)   # a fresh tree: popping from it leaves cfg alone
     for key in may_change:
         _pop(tree, key)
+    for key, default in (added or {}).items():
+        value = _pop(tree, key)
+        if value != default:
+            _put(tree, key, value)
     return json_digest(tree, 16)
+
+
+def _put(tree: dict[str, Any], key: str, value: Any) -> None:
+    *sections, name = key.split(".")
+    for section in sections:
+        tree = tree.setdefault(section, {})
+    tree[name] = value
 
 
 def flat_config(cfg: Any) -> dict[str, Any]:

@@ -60,6 +60,9 @@ class Trainer:
     # what a run imports beyond the node install (the training extra)
     needs: tuple[str, ...] = ("accelerate", "diffusers")
     may_change_on_resume: tuple[str, ...] = ("output_dir", "checkpoint", "log")
+    # keys later versions added, with their defaults: left out of the settings digest while
+    # at the default, so checkpoints written before them still resume
+    added_keys: dict[str, Any] = {}
     plot_keys: tuple[str, ...] = ("loss", "lr")
     plot_file = "loss.png"
 
@@ -118,7 +121,7 @@ class Trainer:
         return self.accelerator.process_index
 
     def resume_digest(self) -> str:
-        return resume_digest(self.cfg, self.may_change_on_resume)
+        return resume_digest(self.cfg, self.may_change_on_resume, self.added_keys)
 
     # ---------------------------------------------------------------- model
     def prepare(self, model: torch.nn.Module, params: list[torch.nn.Parameter],

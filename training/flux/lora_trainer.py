@@ -20,6 +20,14 @@ class LoraTrainer(Trainer):
 
     stage = "lora"   # written into the LoRA file's metadata
     needs = ("accelerate", "diffusers", "peft")
+    added_keys = {"model.base": "bf16"}
+
+    def load_base(self, model_dir: Any) -> torch.nn.Module:
+        """The frozen transformer on the device, in ``model.base``'s precision."""
+        from .model import load_transformer
+        from .quantize import resolve_base
+        self.base = resolve_base(self.cfg.model.base, self.device)
+        return load_transformer(model_dir, self.weight_dtype, self.device, self.base)
 
     def setup_lora(self, transformer: torch.nn.Module, total_steps: int,
                    start_from: Any = None) -> None:
@@ -55,7 +63,8 @@ class LoraTrainer(Trainer):
         return save_flux_lora(self.unwrapped, Path(path),
                               training_config=config_to_dict(self.cfg),
                               extra_metadata={"science_t2i.stage": self.stage,
-                                              "science_t2i.steps": str(self.step)})
+                                              "science_t2i.steps": str(self.step),
+                                              "science_t2i.base": getattr(self, "base", "bf16")})
 
 
 @dataclass

@@ -199,12 +199,20 @@ def scheduler_config(model_dir: Path) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def load_transformer(model_dir: Path, dtype: torch.dtype, device: torch.device) -> Any:
+def load_transformer(model_dir: Path, dtype: torch.dtype, device: torch.device,
+                     base: str = "bf16") -> Any:
+    """The frozen FLUX transformer in ``dtype``; with a quantized ``base`` (``quantize``) its
+    linear layers are quantized on the CPU before it moves to ``device``."""
     from diffusers import FluxTransformer2DModel
+
+    from .quantize import describe, quantize_transformer
     with _loading("FLUX transformer", Path(model_dir) / "transformer"):
         model = FluxTransformer2DModel.from_pretrained(str(model_dir), subfolder="transformer",
                                                        torch_dtype=dtype, use_safetensors=True)
     model.requires_grad_(False)
+    if base != "bf16":
+        quantize_transformer(model, base)
+    log.info("%s", describe(model, base))
     return model.to(device)
 
 

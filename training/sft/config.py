@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ModelSection:
     path: str = "black-forest-labs/FLUX.1-dev"   # a diffusers FLUX folder (or a Hub id)
+    # the frozen weights: bf16 (the weight dtype), 8bit (fp8 or int8 by GPU), int8, fp8, nf4
+    base: str = "bf16"
 
 
 @dataclass

@@ -72,7 +72,7 @@ class SFTTrainer(LoraTrainer):
         from ..core.datasets import load_records
         from ..core.preflight import check_output_dir
         from ..flux.latent_cache import LatentCache, build_cache
-        from ..flux.model import FluxEncoders, load_transformer, resolve_flux_dir, vae_scale_factor
+        from ..flux.model import FluxEncoders, resolve_flux_dir, vae_scale_factor
 
         cfg = self.cfg
         if not cfg.data.path:
@@ -121,7 +121,7 @@ class SFTTrainer(LoraTrainer):
 
         self.total_steps = self._total_steps(len(self.items))
         self.levels = _discrete_levels(self.model_dir)
-        transformer = load_transformer(self.model_dir, self.weight_dtype, self.device)
+        transformer = self.load_base(self.model_dir)
         self.guidance_embeds = bool(getattr(transformer.config, "guidance_embeds", False))
         self.setup_lora(transformer, self.total_steps)
         self.restore()

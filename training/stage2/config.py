@@ -29,6 +29,8 @@ class ModelSection:
     # continue: keep training the SFT LoRA, the reference a frozen copy of it (reference
     # implementation); merge: merge it into the weights, train a new LoRA (pack). None: preset
     sft_start: Optional[Literal["continue", "merge"]] = None
+    # the frozen weights: bf16 (the weight dtype), 8bit (fp8 or int8 by GPU), int8, fp8, nf4
+    base: str = "bf16"
 
 
 @dataclass
@@ -156,5 +158,11 @@ class Stage2Config:
         if self.objective.kind == "oft" and r.churn <= 0:
             raise ScienceT2IError("objective.kind=oft needs a stochastic sampler: rollout.churn "
                                   "> 0 (the paper uses 0.1).")
+        if self.model.base != "bf16" and self.model.sft_lora and self.model.sft_start == "merge":
+            raise ScienceT2IError(
+                f"model.sft_start=merge adds the SFT LoRA into the frozen weights, which a "
+                f"quantized base (model.base={self.model.base}) cannot take: set "
+                "model.sft_start=continue (the SFT LoRA trains on, a frozen copy is the "
+                "reference), or model.base=bf16.")
         if not 0 < self.objective.timestep_fraction <= 1:
             raise ScienceT2IError("objective.timestep_fraction must be in (0, 1].")

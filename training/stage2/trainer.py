@@ -88,7 +88,7 @@ class Stage2Trainer(LoraTrainer):
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> "Stage2Trainer":
-        from ..flux.model import (FluxEncoders, load_transformer, resolve_flux_dir,
+        from ..flux.model import (FluxEncoders, resolve_flux_dir,
                                   scheduler_config, vae_scale_factor)
         from .rollouts import load_rollout_prompts
 
@@ -112,7 +112,7 @@ class Stage2Trainer(LoraTrainer):
         self.encoders = FluxEncoders(self.model_dir, self.device, self.weight_dtype,
                                      cfg.rollout.max_sequence_length)
         self.conditioning = self._encode_prompts()   # before the transformer is loaded
-        transformer = load_transformer(self.model_dir, self.weight_dtype, self.device)
+        transformer = self.load_base(self.model_dir)
         self.sft_lora = None
         self.continuing = False   # training the SFT LoRA itself, a frozen copy the reference
         if cfg.model.sft_lora:
