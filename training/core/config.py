@@ -287,6 +287,9 @@ def load_config(cls: type[T], path: str | Path | None = None,
         keys, value = _parse_override(text)
         _check_renamed(cls, [".".join(keys)])
         _set_path(data, cls, keys, value)
+    fill = getattr(cls, "fill_defaults", None)   # e.g. a memory tier's settings
+    if fill is not None:
+        fill(data)
     return _build(cls, data)
 
 

@@ -3,6 +3,7 @@ transformer, trained in float32 over frozen weights, checkpointed and exported i
 diffusers layout that ComfyUI and ``FluxPipeline.load_lora_weights`` read."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -13,6 +14,8 @@ from ..core.config import config_to_dict
 from ..core.trainer import Trainer
 from .model import LORA_TARGETS
 
+log = logging.getLogger(__name__)
+
 
 class LoraTrainer(Trainer):
     """A :class:`Trainer` whose trained parameters are a LoRA (``cfg.lora``) on a FLUX
@@ -20,7 +23,15 @@ class LoraTrainer(Trainer):
 
     stage = "lora"   # written into the LoRA file's metadata
     needs = ("accelerate", "diffusers", "peft")
-    added_keys = {"model.base": "bf16"}
+    added_keys = {"model.base": "bf16", "memory": None}
+    memory_plan = ""   # the trainer's rows in the memory plan (flux/memory_tiers.py)
+
+    def check_memory(self, resolution: int) -> None:
+        """Log the memory tier's settings and planned peak; refuse a tier that cannot fit."""
+        from .memory_tiers import check_tier
+        line = check_tier(self.memory_plan, self.cfg, resolution)
+        if line:
+            log.info("%s", line)
 
     def load_base(self, model_dir: Any) -> torch.nn.Module:
         """The frozen transformer on the device, in ``model.base``'s precision."""

@@ -12,6 +12,7 @@ from ..core.presets import Preset, resolve_preset
 from ..core.sections import (CheckpointSection, LogSection, OptimSection, RunSection,
                              require_at_least)
 from ..flux.lora_trainer import LoraSection
+from ..flux.memory_tiers import fill_from_tier, tier_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ SFT_PRESETS: dict[str, tuple[Any, Any]] = {
 @dataclass
 class SFTConfig:
     preset: Preset = "reference"
+    # the card's size (80gb, 24gb, 16gb, 12gb, 8gb): fills the settings left out from that
+    # memory tier (flux/memory_tiers.py); None: none
+    memory: Optional[str] = None
     output_dir: str = "runs/sft"
     lora_name: str = "science_t2i_sft.safetensors"
     model: ModelSection = field(default_factory=ModelSection)
@@ -94,7 +98,14 @@ class SFTConfig:
     log: LogSection = field(default_factory=LogSection)
     sample: SampleSection = field(default_factory=SampleSection)
 
+    @staticmethod
+    def fill_defaults(data: dict[str, Any]) -> None:
+        fill_from_tier(data, "sft", {"train.batch_size": TrainSection.batch_size,
+                                     "train.grad_accum": TrainSection.grad_accum})
+
     def __post_init__(self) -> None:
+        if self.memory is not None:
+            tier_settings(self.memory, "sft")   # an unknown tier fails here
         t = self.train
         if t.max_steps is not None and t.epochs is not None:
             raise ScienceT2IError("set train.max_steps or train.epochs, not both.")

@@ -59,6 +59,7 @@ class SFTTrainer(LoraTrainer):
 
     name = "sft"
     stage = "sft"
+    memory_plan = "sft"
     may_change_on_resume = ("output_dir", "lora_name", "train.max_steps", "train.epochs",
                             "checkpoint", "log",
                             "sample", "cache.enabled", "cache.dir", "cache.batch_size")
@@ -75,6 +76,7 @@ class SFTTrainer(LoraTrainer):
         from ..flux.model import FluxEncoders, resolve_flux_dir, vae_scale_factor
 
         cfg = self.cfg
+        self.check_memory(cfg.data.resolution)
         if not cfg.data.path:
             raise ScienceT2IError("data.path is not set; point it at a Science-T2I-format "
                                   "dataset (save_to_disk folder, parquet or JSON/JSONL).")

@@ -14,6 +14,7 @@ from ..core.presets import Preset, resolve_preset
 from ..core.sections import (CheckpointSection, LogSection, OptimSection, RunSection,
                              require_at_least)
 from ..flux.lora_trainer import LoraSection
+from ..flux.memory_tiers import fill_from_tier, tier_settings
 from .rewards import reward_for
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ STAGE2_PRESETS: dict[str, tuple[Any, Any]] = {
 @dataclass
 class Stage2Config:
     preset: Preset = "reference"
+    # the card's size (80gb, 24gb, 16gb, 12gb, 8gb): fills the settings left out from that
+    # memory tier (flux/memory_tiers.py); None: none
+    memory: Optional[str] = None
     output_dir: str = "runs/dpo"
     lora_name: str = "science_t2i_oft.safetensors"
     model: ModelSection = field(default_factory=ModelSection)
@@ -135,7 +139,13 @@ class Stage2Config:
     log: LogSection = field(default_factory=lambda: LogSection(plot_every=1))
     comfy: ComfySection = field(default_factory=ComfySection)
 
+    @staticmethod
+    def fill_defaults(data: dict[str, Any]) -> None:
+        fill_from_tier(data, "stage2", {})
+
     def __post_init__(self) -> None:
+        if self.memory is not None:
+            tier_settings(self.memory, "stage2")   # an unknown tier fails here
         resolve_preset(self, STAGE2_PRESETS)
         r, t = self.rollout, self.train
         if self.objective.pair_loss == "matrix" and r.samples_per_prompt != 2:

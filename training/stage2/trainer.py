@@ -68,6 +68,7 @@ class Stage2Trainer(LoraTrainer):
     """
 
     name = "stage2"
+    memory_plan = "stage2"
     may_change_on_resume = ("output_dir", "lora_name", "train.rounds", "checkpoint", "log",
                             "comfy", "rollout.prompt_cache")
     plot_keys = ("reward_mean", "loss", "win_rate")
@@ -93,6 +94,7 @@ class Stage2Trainer(LoraTrainer):
         from .rollouts import load_rollout_prompts
 
         cfg = self.cfg
+        self.check_memory(cfg.rollout.resolution)
         if not cfg.rollout.prompts:
             raise ScienceT2IError("rollout.prompts is not set; point it at a JSON list of "
                                   "{\"prompt\": ..., \"object\": ...} (e.g. the Science-T2I "
