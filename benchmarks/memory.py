@@ -130,7 +130,7 @@ def plan_rows() -> list[dict]:
 
 # ----------------------------------------------------------------------------- validation
 
-SMALL = dict(mm.FLUX_DEV, num_layers=2, num_single_layers=4, num_attention_heads=8)
+SMALL = mm.SMALL_FLUX
 
 
 def _real_peak_rss() -> dict:

@@ -43,6 +43,8 @@ CLIP_H = dict(text_config=dict(hidden_size=1024, intermediate_size=4096, num_att
                                  image_size=224),
               projection_dim=1024)
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# FLUX.1's layout at a size a CPU runs: 2 double + 4 single blocks of width 1024
+SMALL_FLUX = dict(FLUX_DEV, num_layers=2, num_single_layers=4, num_attention_heads=8)
 TEXT_TOKENS = 512   # T5 tokens of the cached / encoded prompts (the trainers' default)
 
 

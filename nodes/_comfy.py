@@ -36,7 +36,9 @@ MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
 }
 # Folders that belong to ComfyUI itself; standalone we mirror its layout.
 COMFY_FOLDERS = {"loras": "loras", "diffusion_models": "diffusion_models", "vae": "vae",
-                 "text_encoders": "text_encoders", "checkpoints": "checkpoints"}
+                 "text_encoders": "text_encoders", "checkpoints": "checkpoints",
+                 # the older names ComfyUI still reads (unet/ for diffusion models, clip/)
+                 "unet": "unet", "clip": "clip"}
 
 folder_paths: Any = None
 model_management: Any = None

@@ -7,6 +7,7 @@ import copy
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -275,10 +276,13 @@ def test_merging_the_sft_lora_into_a_quantized_base_is_refused(flux_dir, prompts
         load_config(Stage2Config, None, overrides)
 
 
-def test_runs_started_before_model_base_and_memory_existed_still_resume(full_run):
+def test_runs_started_before_the_new_model_keys_and_memory_still_resume(full_run):
     trainer, _ = full_run
     tree = config_to_dict(trainer.cfg)
-    del tree["model"]["base"], tree["memory"]   # the settings as a run before them wrote them
+    # the settings as a run before these keys wrote them
+    del tree["memory"]
+    for key in ("base", "clip", "t5", "vae", "tokenizers"):
+        del tree["model"][key]
     for key in trainer.may_change_on_resume:
         *sections, name = key.split(".")
         node = tree
@@ -289,3 +293,13 @@ def test_runs_started_before_model_base_and_memory_existed_still_resume(full_run
     trainer.cfg.model.base = "nf4"   # not the default: part of the digest
     assert trainer.resume_digest() != json_digest(tree, 16)
     trainer.cfg.model.base = "bf16"
+
+
+def test_an_sft_lora_is_not_merged_into_quantized_weights(tmp_path):
+    from science_t2i.training.flux.reference_policy import merge_lora_into_weights
+    model = _transformer()
+    quantize_transformer(model, "int8")
+    lora = SimpleNamespace(modules=["transformer.transformer_blocks.0.attn.to_q"],
+                           delta=lambda m: torch.zeros(64, 64))
+    with pytest.raises(ScienceT2IError, match="quantized or fp8 here: set model.sft_start"):
+        merge_lora_into_weights(model, lora)

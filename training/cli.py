@@ -26,7 +26,9 @@ COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "eval_scigen", "imgco
 # diffusers warns about torchao-serialized checkpoints, which the pack never loads.
 QUIET_LOGGERS = {"bitsandbytes.backends.cpu.ops": "kernels-community",
                  "torch.utils._pytree": "is an Enum subclass",
-                 "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao`"}
+                 "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao`",
+                 # from_single_file with a dtype, when no module asks for float32
+                 "diffusers.models.modeling_utils": "should be kept in float32: []"}
 
 
 class _DropMessages(logging.Filter):

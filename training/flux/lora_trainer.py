@@ -23,7 +23,8 @@ class LoraTrainer(Trainer):
 
     stage = "lora"   # written into the LoRA file's metadata
     needs = ("accelerate", "diffusers", "peft")
-    added_keys = {"model.base": "bf16", "memory": None}
+    added_keys = {"model.base": "bf16", "memory": None, "model.clip": "", "model.t5": "",
+                  "model.vae": "", "model.tokenizers": ""}
     memory_plan = ""   # the trainer's rows in the memory plan (flux/memory_tiers.py)
 
     def check_memory(self, resolution: int) -> None:
@@ -33,12 +34,23 @@ class LoraTrainer(Trainer):
         if line:
             log.info("%s", line)
 
+    def resolve_model(self) -> Path:
+        """The FLUX folder of ``model`` (ComfyUI's single files get a config folder under
+        the output folder, written by the main process first)."""
+        from .model import resolve_flux_model
+        with self.accelerator.main_process_first():
+            return resolve_flux_model(self.cfg.model, self.output_dir)
+
     def load_base(self, model_dir: Any) -> torch.nn.Module:
         """The frozen transformer on the device, in ``model.base``'s precision."""
         from .model import load_transformer
         from .quantize import resolve_base
         self.base = resolve_base(self.cfg.model.base, self.device)
-        return load_transformer(model_dir, self.weight_dtype, self.device, self.base)
+        model = load_transformer(model_dir, self.weight_dtype, self.device, self.base)
+        from .quantize import Fp8StorageLinear
+        if self.base == "bf16" and any(isinstance(m, Fp8StorageLinear) for m in model.modules()):
+            self.base = "fp8-file"   # an fp8 single file, kept as it is
+        return model
 
     def setup_lora(self, transformer: torch.nn.Module, total_steps: int,
                    start_from: Any = None) -> None:
@@ -76,6 +88,23 @@ class LoraTrainer(Trainer):
                               extra_metadata={"science_t2i.stage": self.stage,
                                               "science_t2i.steps": str(self.step),
                                               "science_t2i.base": getattr(self, "base", "bf16")})
+
+
+@dataclass
+class FluxModelSection:
+    """Where the FLUX weights come from and how the frozen base is held (both trainers)."""
+    # a diffusers FLUX folder or Hub id, or ComfyUI's transformer file (a path, or a name in
+    # models/diffusion_models, unet or checkpoints: flux1-dev.safetensors, fp8 files too)
+    path: str = "black-forest-labs/FLUX.1-dev"
+    # with a transformer file: the text encoders and VAE (paths or names in models/
+    # text_encoders, clip, vae; "" = clip_l / t5xxl_fp16, else t5xxl_fp8_e4m3fn / ae), and
+    # where the tokenizers are ("" = open_clip's BPE for CLIP, ComfyUI's T5 tokenizer)
+    clip: str = ""
+    t5: str = ""
+    vae: str = ""
+    tokenizers: str = ""
+    # the frozen weights: bf16 (the weight dtype), 8bit (fp8 or int8 by GPU), int8, fp8, nf4
+    base: str = "bf16"
 
 
 @dataclass

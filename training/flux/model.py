@@ -25,6 +25,16 @@ _COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenize
 _WEIGHTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
 
 
+def resolve_flux_model(model: Any, output_dir: str | Path) -> Path:
+    """The FLUX folder of a ``model`` section: a diffusers folder or Hub id (``model.path``),
+    or, when ``model.path`` is a .safetensors file, the folder ``single_file`` writes under
+    ``output_dir`` for ComfyUI's transformer, CLIP, T5 and VAE files."""
+    from .single_file import find_files, is_single_file, write_flux_folder
+    if is_single_file(model.path):
+        return write_flux_folder(find_files(model), Path(output_dir) / "flux_files")
+    return resolve_flux_dir(model.path)
+
+
 def resolve_flux_dir(path: str | Path) -> Path:
     """A local diffusers FLUX folder (FLUX.1-dev layout); a Hub id is downloaded on demand."""
     p = Path(path).expanduser()
@@ -81,20 +91,29 @@ def _loading(what: str, folder: Path) -> Iterator[None]:
 
 def component_fingerprint(folder: Path) -> str:
     """Identity of a model component without reading all its weights: its config, and for each
-    weight file the name, size, safetensors header and first/last MiB."""
+    weight file (the folder's, or the single file it names) the name, size, safetensors header
+    and first/last MiB."""
+    from .single_file import single_file
     h = hashlib.sha256()
     for f in sorted(folder.iterdir()):
         if f.suffix == ".json" or f.name.endswith(".txt") or f.suffix == ".model":
             h.update(f.name.encode() + f.read_bytes())
         elif f.suffix == ".safetensors":
-            size = f.stat().st_size
-            h.update(f"{f.name}:{size}".encode())
-            with open(f, "rb") as fh:
-                h.update(fh.read(1 << 20))
-                if size > 2 << 20:
-                    fh.seek(size - (1 << 20))
-                    h.update(fh.read())
+            _fingerprint_file(f, h)
+    one = single_file(folder)
+    if one:
+        _fingerprint_file(Path(one["file"]), h)
     return h.hexdigest()[:16]
+
+
+def _fingerprint_file(f: Path, h: Any) -> None:
+    size = f.stat().st_size
+    h.update(f"{f.name}:{size}".encode())
+    with open(f, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if size > 2 << 20:
+            fh.seek(size - (1 << 20))
+            h.update(fh.read())
 
 
 class FluxEncoders:
@@ -122,10 +141,18 @@ class FluxEncoders:
     def vae(self) -> Any:
         if self._vae is None:
             from diffusers import AutoencoderKL
-            with _loading("VAE", self.model_dir / "vae"):
-                self._vae = AutoencoderKL.from_pretrained(
-                    str(self.model_dir), subfolder="vae", torch_dtype=self.dtype,
-                    use_safetensors=True).to(self.device).eval()
+            from .single_file import single_file
+            one = single_file(self.model_dir / "vae")
+            with _loading("VAE", Path(one["file"]) if one else self.model_dir / "vae"):
+                if one:   # ae.safetensors: diffusers' conversion of the BFL layout
+                    vae = AutoencoderKL.from_single_file(
+                        one["file"], config=str(self.model_dir), subfolder="vae",
+                        torch_dtype=self.dtype)
+                else:
+                    vae = AutoencoderKL.from_pretrained(
+                        str(self.model_dir), subfolder="vae", torch_dtype=self.dtype,
+                        use_safetensors=True)
+                self._vae = vae.to(self.device).eval()
             self._vae.requires_grad_(False)
         return self._vae
 
@@ -133,15 +160,12 @@ class FluxEncoders:
         if self._text is None:
             from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
             d = str(self.model_dir)
-            # transformers >= 4.56 takes dtype= (torch_dtype= is deprecated there); diffusers'
-            # from_pretrained above and below keeps torch_dtype=, its name since 0.x
             with _loading("CLIP text encoder", self.model_dir / "text_encoder"):
-                clip = CLIPTextModel.from_pretrained(d, subfolder="text_encoder", dtype=self.dtype,
-                                                     use_safetensors=True).to(self.device).eval()
+                clip = load_text_encoder(CLIPTextModel, self.model_dir, "text_encoder",
+                                         self.dtype).to(self.device).eval()
             with _loading("T5 text encoder", self.model_dir / "text_encoder_2"):
-                t5 = T5EncoderModel.from_pretrained(d, subfolder="text_encoder_2",
-                                                    dtype=self.dtype,
-                                                    use_safetensors=True).to(self.device).eval()
+                t5 = load_text_encoder(T5EncoderModel, self.model_dir, "text_encoder_2",
+                                       self.dtype).to(self.device).eval()
             clip.requires_grad_(False)
             t5.requires_grad_(False)
             self._text = (AutoTokenizer.from_pretrained(d, subfolder="tokenizer"), clip,
@@ -205,15 +229,51 @@ def load_transformer(model_dir: Path, dtype: torch.dtype, device: torch.device,
     linear layers are quantized on the CPU before it moves to ``device``."""
     from diffusers import FluxTransformer2DModel
 
-    from .quantize import describe, quantize_transformer
-    with _loading("FLUX transformer", Path(model_dir) / "transformer"):
-        model = FluxTransformer2DModel.from_pretrained(str(model_dir), subfolder="transformer",
-                                                       torch_dtype=dtype, use_safetensors=True)
+    from .quantize import describe, keep_fp8_weights, quantize_transformer
+    from .single_file import single_file
+    one = single_file(Path(model_dir) / "transformer")
+    with _loading("FLUX transformer", Path(one["file"]) if one else
+                  Path(model_dir) / "transformer"):
+        if one:   # ComfyUI's file: diffusers' own conversion of the BFL layout
+            model = FluxTransformer2DModel.from_single_file(
+                one["file"], config=str(model_dir), subfolder="transformer", torch_dtype=dtype)
+        else:
+            model = FluxTransformer2DModel.from_pretrained(
+                str(model_dir), subfolder="transformer", torch_dtype=dtype, use_safetensors=True)
     model.requires_grad_(False)
-    if base != "bf16":
+    if one and one["fp8"] and base in ("bf16", "fp8"):
+        # an fp8 file stays fp8 (its own values: fp8 -> bf16 -> fp8 is exact); each layer is
+        # cast up for its product only, on any GPU
+        n = keep_fp8_weights(model)
+        base = f"fp8 (the file's fp8 weights, {n} layers, computed in {str(dtype)[6:]})"
+    elif base != "bf16":
         quantize_transformer(model, base)
     log.info("%s", describe(model, base))
     return model.to(device)
+
+
+def load_text_encoder(cls: Any, model_dir: Path, subfolder: str, dtype: torch.dtype) -> Any:
+    """A CLIP or T5 encoder from its diffusers subfolder, or from the single file it names
+    (ComfyUI's clip_l / t5xxl files, fp16 or fp8, converted to ``dtype`` tensor by tensor).
+    transformers >= 4.56 takes dtype= (diffusers' loaders keep torch_dtype=)."""
+    from .single_file import single_file
+    folder = Path(model_dir) / subfolder
+    one = single_file(folder)
+    if one is None:
+        return cls.from_pretrained(str(model_dir), subfolder=subfolder, dtype=dtype,
+                                   use_safetensors=True)
+    from safetensors import safe_open
+    with safe_open(one["file"], framework="pt") as f:
+        sd = {k: f.get_tensor(k).to(dtype) for k in f.keys()
+              if "text_projection" not in k and "logit_scale" not in k}
+    config = cls.config_class.from_pretrained(str(folder))
+    model, info = cls.from_pretrained(None, config=config, state_dict=sd, dtype=dtype,
+                                      output_loading_info=True)
+    missing = [k for k in info["missing_keys"] if k != "encoder.embed_tokens.weight"]
+    if missing:   # tied to shared.weight in T5; anything else would stay random
+        raise ScienceT2IError(f"{one['file']} lacks {len(missing)} tensor(s) of the encoder "
+                              f"(e.g. {missing[0]}): it is not a complete {cls.__name__}.")
+    return model
 
 
 def attach_lora(transformer: Any, rank: int = 16, alpha: float = 16.0,

@@ -117,3 +117,46 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 def describe(model: Any, base: str) -> str:
     return f"FLUX transformer, base {base}: {weight_bytes(model) / 2 ** 30:.2f} GiB of weights"
+
+
+# ----------------------------------------------------------------------------- fp8 files
+
+class _Fp8Linear(torch.autograd.Function):
+    """y = x W^T + b with W kept in fp8: cast up for the product, and again in the backward
+    (only the fp8 weight is saved, not a full-precision copy)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return torch.nn.functional.linear(x, weight.to(x.dtype),
+                                          None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        (weight,) = ctx.saved_tensors
+        return grad @ weight.to(grad.dtype), None, None   # the frozen layer gets no gradient
+
+
+class Fp8StorageLinear(torch.nn.Linear):
+    """A frozen linear layer holding an fp8 file's weight as it is (its bias in the model's
+    dtype), computed in the input's dtype on any device."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Fp8Linear.apply(x, self.weight, self.bias)
+
+
+def keep_fp8_weights(model: torch.nn.Module) -> int:
+    """Store back in fp8 every linear weight whose values are fp8 values (those an fp8 file
+    held: loading cast them up exactly); returns how many layers."""
+    n = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            w = module.weight.detach()
+            fp8 = w.to(torch.float8_e4m3fn)
+            if torch.equal(fp8.to(w.dtype), w):
+                module.weight = torch.nn.Parameter(fp8, requires_grad=False)
+                module.__class__ = Fp8StorageLinear
+                n += 1
+    return n
+

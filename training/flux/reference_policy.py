@@ -46,6 +46,13 @@ def merge_lora_into_weights(transformer: torch.nn.Module, lora: Any) -> int:
         except AttributeError:
             raise ScienceT2IError(f"the SFT LoRA has layer {module!r}, which this FLUX "
                                   "transformer does not; was it trained on another model?")
+        if type(layer.weight) is not torch.nn.Parameter or not layer.weight.is_floating_point() \
+                or layer.weight.dtype.itemsize < 2:
+            # int8 / nf4 tensors, or an fp8 file's weights: adding would requantize them
+            raise ScienceT2IError(
+                "model.sft_start=merge adds the SFT LoRA into the frozen weights, which are "
+                "quantized or fp8 here: set model.sft_start=continue (the SFT LoRA trains on, "
+                "a frozen copy is the reference).")
         with torch.no_grad():
             layer.weight += lora.delta(module).to(layer.weight.device, layer.weight.dtype)
         changed += 1

@@ -11,17 +11,15 @@ from ...nodes.errors import ScienceT2IError
 from ..core.presets import Preset, resolve_preset
 from ..core.sections import (CheckpointSection, LogSection, OptimSection, RunSection,
                              require_at_least)
-from ..flux.lora_trainer import LoraSection
+from ..flux.lora_trainer import FluxModelSection, LoraSection
 from ..flux.memory_tiers import fill_from_tier, tier_settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ModelSection:
-    path: str = "black-forest-labs/FLUX.1-dev"   # a diffusers FLUX folder (or a Hub id)
-    # the frozen weights: bf16 (the weight dtype), 8bit (fp8 or int8 by GPU), int8, fp8, nf4
-    base: str = "bf16"
+class ModelSection(FluxModelSection):
+    pass
 
 
 @dataclass

@@ -73,7 +73,7 @@ class SFTTrainer(LoraTrainer):
         from ..core.datasets import load_records
         from ..core.preflight import check_output_dir
         from ..flux.latent_cache import LatentCache, build_cache
-        from ..flux.model import FluxEncoders, resolve_flux_dir, vae_scale_factor
+        from ..flux.model import FluxEncoders, vae_scale_factor
 
         cfg = self.cfg
         self.check_memory(cfg.data.resolution)
@@ -84,7 +84,7 @@ class SFTTrainer(LoraTrainer):
             check_output_dir(cfg.cache.dir, "cache.dir")
         self.start()
         acc = self.accelerator
-        self.model_dir = resolve_flux_dir(cfg.model.path)
+        self.model_dir = self.resolve_model()
         self.vae_scale = vae_scale_factor(self.model_dir)
         if cfg.data.resolution % (2 * self.vae_scale):
             raise ScienceT2IError(f"data.resolution {cfg.data.resolution} must be a multiple "

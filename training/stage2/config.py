@@ -13,7 +13,7 @@ from ...nodes.errors import ScienceT2IError
 from ..core.presets import Preset, resolve_preset
 from ..core.sections import (CheckpointSection, LogSection, OptimSection, RunSection,
                              require_at_least)
-from ..flux.lora_trainer import LoraSection
+from ..flux.lora_trainer import FluxModelSection, LoraSection
 from ..flux.memory_tiers import fill_from_tier, tier_settings
 from .rewards import reward_for
 
@@ -24,14 +24,11 @@ DEFAULT_WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "
 
 
 @dataclass
-class ModelSection:
-    path: str = "black-forest-labs/FLUX.1-dev"   # a diffusers FLUX folder (or a Hub id)
+class ModelSection(FluxModelSection):
     sft_lora: str = ""        # stage-1 LoRA to start from; it becomes the reference policy
     # continue: keep training the SFT LoRA, the reference a frozen copy of it (reference
     # implementation); merge: merge it into the weights, train a new LoRA (pack). None: preset
     sft_start: Optional[Literal["continue", "merge"]] = None
-    # the frozen weights: bf16 (the weight dtype), 8bit (fp8 or int8 by GPU), int8, fp8, nf4
-    base: str = "bf16"
 
 
 @dataclass

@@ -89,8 +89,7 @@ class Stage2Trainer(LoraTrainer):
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> "Stage2Trainer":
-        from ..flux.model import (FluxEncoders, resolve_flux_dir,
-                                  scheduler_config, vae_scale_factor)
+        from ..flux.model import FluxEncoders, scheduler_config, vae_scale_factor
         from .rollouts import load_rollout_prompts
 
         cfg = self.cfg
@@ -106,7 +105,7 @@ class Stage2Trainer(LoraTrainer):
                 f"rollout.prompts_per_round={cfg.rollout.prompts_per_round} gives some of the "
                 f"{self.num_processes} processes no prompt to sample; set it to at least "
                 f"{self.num_processes} (a multiple of it keeps every process equally busy).")
-        self.model_dir = resolve_flux_dir(cfg.model.path)
+        self.model_dir = self.resolve_model()
         self.vae_scale = vae_scale_factor(self.model_dir)
         if cfg.rollout.resolution % (2 * self.vae_scale):
             raise ScienceT2IError(f"rollout.resolution {cfg.rollout.resolution} must be a "
