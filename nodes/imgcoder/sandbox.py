@@ -13,6 +13,7 @@ keeps a started child in reserve; each child renders once and exits.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import shutil
@@ -29,12 +30,17 @@ from typing import Callable
 
 from ..errors import ScienceT2IError
 from . import sandbox_child as _child
+from . import sandbox_fs
 from .code_check import check_code
+from .sandbox_fs import remove_tree as _remove_tree
+from .sandbox_messages import explain_exit as _explain_exit
 
+log = logging.getLogger("science_t2i")
 CHILD_PATH = Path(_child.__file__).resolve()
 _GRACE_SECONDS = 2.0  # the child stops itself at the wall limit; the kill is the backstop
 _STOP_POLL_SECONDS = 0.25  # how often a waiting render asks should_stop (Cancel)
 _STDERR_KEEP = 64 * 1024
+_STDERR_FLOOD = 4 << 20   # a child writing more than this to stderr is stopped at once
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -76,35 +82,21 @@ class RenderResult:
 # ----------------------------------------------------------------------------- one child
 
 def _child_env(folder: str, mpl_dir: str) -> dict:
-    """Only what the interpreter and matplotlib need: no proxies, tokens or API keys."""
-    return {"PATH": os.environ.get("PATH", os.defpath), "MPLBACKEND": "Agg",
+    """Only what the interpreter and matplotlib need: nothing of this process's environment
+    (no proxies, tokens or API keys, not even its PATH)."""
+    return {"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg",
             "MPLCONFIGDIR": mpl_dir, "HOME": folder, "TMPDIR": folder,
             "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _remove_tree(path: str) -> None:
-    """rmtree that also copes with folders the code made unreadable (chmod 0)."""
-    for _ in range(8):
-        try:
-            shutil.rmtree(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            for dirpath, dirnames, _files in os.walk(path):
-                for d in [dirpath] + [os.path.join(dirpath, n) for n in dirnames]:
-                    try:
-                        os.chmod(d, 0o700)
-                    except OSError:
-                        pass
 
 
 class _Child:
     """One renderer process, used for one figure."""
 
-    def __init__(self, root: str, mpl_dir: str):
+    def __init__(self, root: str, master: str):
         self.folder = tempfile.mkdtemp(prefix="run-", dir=root)
-        self.out, self.err = bytearray(), bytearray()
+        self.master = master
+        mpl_dir = sandbox_fs.seed(self.folder, master)   # its own, never another render's
+        self.out, self.err, self.err_total = bytearray(), bytearray(), 0
         self.open_fds: set[int] = set()
         try:
             self.proc = subprocess.Popen(
@@ -146,6 +138,9 @@ class _Child:
                             return "overflow"
                     else:
                         self.err = (self.err + chunk)[-_STDERR_KEEP:]
+                        self.err_total += len(chunk)
+                        if self.err_total > _STDERR_FLOOD:
+                            return "overflow"
         return "ready" if until_ready and _child.READY in self.out else "eof"
 
     def send(self, request: dict) -> None:
@@ -184,7 +179,7 @@ class _Child:
         for line in reversed(text.strip().splitlines()):
             try:
                 status = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):   # not JSON, or nested to crash the reader
                 continue
             return status if isinstance(status, dict) else None
         return None
@@ -208,51 +203,30 @@ def _png_size(png: bytes) -> tuple[int, int] | None:
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
-def _crash_line(stderr: bytes, code: str) -> str:
-    """' at line N: `source`' from a faulthandler dump of the figure code's frame."""
-    marker = f'File "{_child.CODE_FILENAME}", line '
-    text = stderr.decode("utf-8", "replace")
-    at = text.find(marker)
-    if at < 0:
-        return ""
-    digits = "".join(c for c in text[at + len(marker):].split()[0] if c.isdigit())
-    lines = code.splitlines()
-    if not digits or not 0 < int(digits) <= len(lines):
-        return ""
-    return f" at line {digits}: `{lines[int(digits) - 1].strip()[:160]}`"
-
-
-def _explain_exit(child: _Child, state: str, code: int, cpu: float, limits: SandboxLimits,
-                  source: str) -> str:
-    """The message when the child left no status line (killed, crashed, exited early)."""
-    if state == "timeout":
-        return (f"Wall-clock time limit ({limits.wall_seconds:g} s) exceeded: the code was still "
-                "running and was stopped (an endless loop, or a blocking call?); make it finish "
-                "quickly.")
-    if state == "overflow":
-        return ("Output limit exceeded: the code flooded the renderer's status channel; print "
-                "less and do not write to file descriptors.")
-    where = _crash_line(bytes(child.err), source)
-    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu >= limits.cpu_seconds - 0.5):
-        return (f"CPU time limit ({limits.cpu_seconds:g} s) exceeded{where}: the code computes "
-                "too much (an endless loop, or far too many points); make it cheaper.")
-    if code == -signal.SIGXFSZ:
-        return (f"Output limit exceeded: the code wrote more than {limits.output_mb} MB of "
-                "files; figure code should not write files.")
-    if code == -signal.SIGKILL:
-        return (f"The renderer was killed by the system{where}, most likely for using too "
-                f"much memory (limit {limits.memory_mb} MB); use smaller arrays.")
-    if code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        return (f"The renderer crashed ({name}){where}; this usually means memory ran out or a "
-                "library was given extreme input; simplify the figure.")
-    if b"MemoryError" in child.err:
-        return f"Memory limit ({limits.memory_mb} MB) exceeded{where}; use smaller arrays."
-    return (f"The renderer stopped without a result (exit code {code}){where}: the code probably "
-            "ended the process itself; remove any exit call.")
-
-
 # ----------------------------------------------------------------------------- the pool
+
+UNSAFE_ENV = "SCIENCE_T2I_SANDBOX_WITHOUT_KERNEL"
+
+
+def kernel_gate(layers: tuple[str, ...]) -> tuple[str, ...]:
+    """The layers a pool uses: the kernel's is required, and where this system cannot set
+    it up, model code is refused unless the user allowed it explicitly (``UNSAFE_ENV=1``)."""
+    if "kernel" not in layers:
+        return layers
+    from .sandbox_kernel import support
+    ok, why = support()
+    if ok:
+        return layers
+    if os.environ.get(UNSAFE_ENV) == "1":
+        log.warning("figure sandbox without the kernel's layer (%s=1): %s; model-written code "
+                    "runs under the Python-level guards only", UNSAFE_ENV, why)
+        return tuple(layer for layer in layers if layer != "kernel")
+    raise ScienceT2IError(
+        f"ImgCoder runs model-written code only inside the kernel's sandbox, and {why}. Run "
+        f"ComfyUI on Linux 5.13+ (Landlock and seccomp, outside a container that forbids "
+        f"them), or, at your own risk, set {UNSAFE_ENV}=1 to run it under the Python-level "
+        "guards alone (which model code can escape).")
+
 
 def _validate(code, width, height, dpi, limits) -> None:
     if not isinstance(code, str):
@@ -288,10 +262,13 @@ class SandboxPool:
     Thread-safe; the children are killed and their folders removed at close() or exit."""
 
     def __init__(self, spares: int = 1, temp_dir: str | None = None,
-                 startup_timeout: float = 120.0):
+                 startup_timeout: float = 120.0,
+                 _layers: tuple[str, ...] = ("kernel", "python")):
+        """``_layers`` is for tests: they switch one layer off to show the other holds."""
         if isinstance(spares, bool) or not isinstance(spares, int) or spares < 0:
             raise ScienceT2IError(f"spares must be a whole number >= 0, got {spares!r}")
         self.spares, self.temp_dir, self.startup_timeout = spares, temp_dir, startup_timeout
+        self.layers = kernel_gate(tuple(_layers))
         self._state = {"lock": threading.Lock(), "spares": [], "live": set(), "root": None,
                        "closed": False, "refilling": False}
         self._finalizer = weakref.finalize(self, _shutdown, self._state)
@@ -305,9 +282,9 @@ class SandboxPool:
             if state["root"] is None:
                 root = tempfile.mkdtemp(prefix="science-t2i-sandbox-", dir=self.temp_dir)
                 os.chmod(root, 0o711)  # a child running as nobody must reach its own folder
-                os.mkdir(os.path.join(root, "mplconfig"), 0o700)
+                os.mkdir(os.path.join(root, "mpl-master"), 0o700)
                 state["root"] = root
-            return state["root"], os.path.join(state["root"], "mplconfig")
+            return state["root"], os.path.join(state["root"], "mpl-master")
 
     def _start(self) -> _Child:
         try:
@@ -436,7 +413,9 @@ class SandboxPool:
                     "check that numpy and matplotlib import in this Python")
             why = why[-500:] or "it printed nothing"
             raise ScienceT2IError(f"The figure sandbox could not start ({why}); {hint}.")
+        sandbox_fs.keep_font_list(child.folder, child.master)   # no code has run in it yet
         child.send({"code": code, "width": width, "height": height, "dpi": dpi,
+                    "layers": list(self.layers),
                     "limits": {k: getattr(limits, k) for k in SandboxLimits.__dataclass_fields__}})
         cap = limits.stdout_kb * 1024 * 6 + (256 << 10)  # JSON escapes at most 6x
         state = child.read(time.monotonic() + limits.wall_seconds + _GRACE_SECONDS, False, cap,

@@ -680,6 +680,25 @@ def _apply_limits(limits: dict, folder: str, drop_root: bool = True) -> None:
         pass
 
 
+def _load_kernel():
+    """sandbox_kernel.py beside this file (loaded by path: this process imports nothing
+    from the pack by name)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)), "sandbox_kernel.py")
+    spec = importlib.util.spec_from_file_location("_science_t2i_sandbox_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lock_kernel(kernel, roots: dict, folder: str) -> None:
+    """The kernel's layer (sandbox_kernel.lock): reads below the libraries and fonts only,
+    writes below the render's folder only, no sockets, processes or signals outside."""
+    read = list(roots["package_roots"]) + list(roots["stdlib_roots"]) + \
+        sorted(roots["font_files"])
+    kernel.lock(read, [folder])
+
+
 def _vm_bytes() -> int:
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -842,7 +861,10 @@ def _run(request: dict, prepared: dict) -> dict:
     np.random.seed(0)
     created: list = []
     _install_drawing_guards(matplotlib, plt, limits["max_pixels"], created)
-    user_globals = {"__name__": "__main__", "__builtins__": _user_builtins(stdout, stderr)}
+    layers = request.get("layers", ["kernel", "python"])
+    guards = "python" in layers   # off only in tests: the kernel's layer alone must hold
+    user_globals = {"__name__": "__main__",
+                    "__builtins__": _user_builtins(stdout, stderr) if guards else builtins}
 
     def on_cpu(signum, frame):  # ITIMER_PROF: exact; SIGXCPU (RLIMIT_CPU): the backstop
         raise _Stop("cpu", "cpu")
@@ -857,8 +879,15 @@ def _run(request: dict, prepared: dict) -> dict:
     # a write past RLIMIT_FSIZE then fails with EFBIG, which numpy may re-word: remember it
     signal.signal(signal.SIGXFSZ, lambda signum, frame: wrote_too_much.append(True))
     signal.signal(signal.SIGALRM, on_wall)
-    _apply_limits(limits, folder, prepared["drop_root"])
+    # root becomes nobody where it can: part of the kernel's layer (tests switch it off)
+    _apply_limits(limits, folder, prepared["drop_root"] and "kernel" in layers)
     os.environ.clear()
+    if "kernel" in layers:
+        try:
+            _lock_kernel(prepared["kernel"], prepared["roots"], folder)
+        except OSError as exc:   # nothing of the code has run: refuse rather than run weaker
+            return {"ok": False, "kind": "kernel",
+                    "error": f"The kernel sandbox could not be set up ({exc}); no code ran."}
     violations: list = []
     import _thread
     import posix
@@ -871,10 +900,12 @@ def _run(request: dict, prepared: dict) -> dict:
         get_ident=_thread.get_ident, violations=violations, refused=_Refused,
         import_refused=_ImportRefused, own_filename=_run.__code__.co_filename,
         max_files=MAX_FILES)
-    for d, key, stub in prepared["scrub"]:
-        d[key] = stub
+    if guards:
+        for d, key, stub in prepared["scrub"]:
+            d[key] = stub
     sys.stdout, sys.stderr = stdout, stderr
-    sys.addaudithook(hook)
+    if guards:
+        sys.addaudithook(hook)
     del hook
     set_timer(signal.ITIMER_REAL, float(limits["wall_seconds"]), 0.25)
     set_timer(signal.ITIMER_PROF, float(limits["cpu_seconds"]), 0.25)
@@ -888,7 +919,11 @@ def _run(request: dict, prepared: dict) -> dict:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
         png = buffer.getvalue()
-        with open(PNG_NAME, "wb") as f:
+        try:   # whatever the code left under that name (a FIFO would block the write)
+            os.unlink(PNG_NAME)
+        except FileNotFoundError:
+            pass
+        with open(PNG_NAME, "xb") as f:
             f.write(png)
     except BaseException as exc:  # noqa: BLE001 -- everything the code does ends up in a message
         failure = exc
@@ -921,7 +956,8 @@ def main() -> int:
             data = data[os.write(status_fd, data):]
 
     try:  # everything that does not depend on the request happens before READY
-        prepared = {"modules": _warm_up(), "scrub": _scrub_targets(), "roots": _read_roots()}
+        prepared = {"modules": _warm_up(), "scrub": _scrub_targets(), "roots": _read_roots(),
+                    "kernel": _load_kernel()}
         prepared["drop_root"] = _others_can_read(prepared["roots"])
     except BaseException as exc:  # noqa: BLE001 -- e.g. matplotlib missing: the parent says so
         send({"ok": False, "kind": "startup", "error": f"{type(exc).__name__}: {exc}"})
