@@ -33,6 +33,7 @@ NODE_IDS = {
     "ScienceT2I_MaskToLatentMask": "Mask to Latent Mask",
     "ScienceT2I_VLMJudgeLoader": "VLM Judge Loader",
     "ScienceT2I_ScienceJudge": "Science Judge (A or B)",
+    "ScienceT2I_ScienceRubricJudge": "Science Rubric Judge (0-100)",
     "ScienceT2I_VisualQuiz": "Visual Quiz",
     "ScienceT2I_ImgCoder": "ImgCoder (figure as code)",
     "ScienceT2I_RenderFigureCode": "Render Figure Code",

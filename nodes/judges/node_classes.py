@@ -157,13 +157,62 @@ class VisualQuizNode:
                 "result": (answer, bool(correct), reply)}
 
 
+class ScienceRubricJudgeNode:
+    """The Science-T2I benchmark's rubric: is the image's scene right (scene criteria) and
+    is its scientific outcome real (reality criteria)? Score 0-100 (the record's 0-3 score
+    / 3), the scene verdict and the judge's description of the image."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "judge": (LMM_TYPE,),
+            "image": ("IMAGE",),
+            "prompt": ("STRING", {"multiline": True, "default": "an unripe apple"}),
+            "scene_criteria": ("STRING", {"multiline": True,
+                                          "default": "An apple is shown, whole and in focus."}),
+            "reality_criteria": ("STRING", {"multiline": True,
+                                            "default": "The apple is green, as unripe apples "
+                                                       "are, not red."}),
+        }}
+
+    RETURN_TYPES = ("FLOAT", "STRING", "STRING")
+    RETURN_NAMES = ("score", "scene", "description")
+    FUNCTION = "judge"
+    CATEGORY = "Science-T2I/Judges"
+    OUTPUT_NODE = True
+
+    def judge(self, judge, image, prompt, scene_criteria, reality_criteria):
+        from .science_rubric import judge_rubric
+        images = _pil_list(image, "image")
+        scores, scenes, descriptions = [], [], []
+        with _comfy.Progress(len(images), desc="rubric judge") as bar:
+            for img in images:
+                parsed = judge_rubric(judge, img, prompt, scene_criteria, reality_criteria)
+                if not parsed.ok:
+                    raise ScienceT2IError(f"the judge's reply could not be read "
+                                          f"({parsed.reason}): {parsed.text[:300]!r}")
+                v = parsed.value
+                scores.append(v.score_100)
+                scenes.append("unknown" if v.scene is None else
+                              f"{'failed' if v.scene == 0 else 'met'} ({v.scene:g}/3)")
+                descriptions.append(v.description)
+                bar.update(1)
+                _comfy.check_interrupt()
+        score = sum(scores) / len(scores)
+        scene, description = "\n".join(scenes), "\n".join(descriptions)
+        return {"ui": {"text": [f"science score {score:.1f}/100\n{scene}\n{description}"]},
+                "result": (score, scene, description)}
+
+
 NODE_CLASS_MAPPINGS = {
     "ScienceT2I_VLMJudgeLoader": VLMJudgeLoaderNode,
     "ScienceT2I_ScienceJudge": ScienceJudgeNode,
     "ScienceT2I_VisualQuiz": VisualQuizNode,
+    "ScienceT2I_ScienceRubricJudge": ScienceRubricJudgeNode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ScienceT2I_VLMJudgeLoader": "VLM Judge Loader",
     "ScienceT2I_ScienceJudge": "Science Judge (A or B)",
     "ScienceT2I_VisualQuiz": "Visual Quiz",
+    "ScienceT2I_ScienceRubricJudge": "Science Rubric Judge (0-100)",
 }

@@ -81,6 +81,9 @@ class ScienceRecord:
     category: str
     task: str
     index: int
+    # the benchmark's rubric (test sets only): what the scene must hold, what is real
+    scene_scoring: str = ""
+    real_scoring: str = ""
 
 
 # ---------------------------------------------------------------- layout detection
@@ -280,6 +283,17 @@ def _check_required(row: dict, index: int, require: set[str]) -> None:
                 "at least one value, or drop the record.")
 
 
+def _rubric_text(value: Any) -> str:
+    """A rubric field as the judge reads it: text, lines of a list, or a mapping's JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "\n".join(str(v) for v in value if v is not None)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def _to_record(row: dict, index: int, base: Path, require: set[str]) -> ScienceRecord:
     _check_required(row, index, require)
     rec = ScienceRecord(
@@ -291,6 +305,8 @@ def _to_record(row: dict, index: int, base: Path, require: set[str]) -> ScienceR
         category=str(row.get("category") or ""),
         task=str(row.get("law") or ""),
         index=index,
+        scene_scoring=_rubric_text(row.get("scene_scoring")),
+        real_scoring=_rubric_text(row.get("real_scoring")),
     )
     lists = {"implicit_prompt": rec.implicit_prompts, "explicit_prompt": rec.explicit_prompts,
              "superficial_prompt": rec.superficial_prompts,

@@ -244,7 +244,7 @@ def collect_generated(run_dir: Path, records: Sequence[ScienceRecord] | None = N
                 if not entry.get("implicit_prompt"):
                     raise ScienceT2IError(f"metadata for {rel} has no implicit_prompt.")
                 items.append({"file": path, "kind": kind, "prompt": entry["implicit_prompt"],
-                              "task": entry.get("task", "")})
+                              "task": entry.get("task", ""), "index": entry.get("index")})
                 continue
             m = _LEADING_INT.match(path.stem)
             if not by_index or not m or int(m.group(1)) not in by_index:
@@ -255,7 +255,7 @@ def collect_generated(run_dir: Path, records: Sequence[ScienceRecord] | None = N
             if not rec.implicit_prompts:
                 raise ScienceT2IError(f"record {rec.index} has no implicit prompt.")
             items.append({"file": path, "kind": kind, "prompt": rec.implicit_prompts[0],
-                          "task": rec.task})
+                          "task": rec.task, "index": rec.index})
     if not items:
         raise ScienceT2IError(f"{run_dir}/ip, ep and sp hold no images.")
     return items
