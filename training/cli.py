@@ -16,7 +16,7 @@ from ..nodes.errors import ScienceT2IError
 from .core.preflight import disk_full_error, is_disk_full
 
 # Subcommand modules, in help order.
-COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "eval_scigen", "imgcoder",
+COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "bench", "eval_scigen", "imgcoder",
                        "validate_workflow", "sft", "train_sciscore", "stage2"]
 
 # Loggers of optional libraries whose import-time noise says nothing about the run:

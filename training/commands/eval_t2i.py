@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                if args.dataset else None)
     # check both layouts (and the judge's inputs) before loading any model
     collect_generated(Path(args.run), records)
-    template = _judge_template(args, records)
+    template = judge_template(args, records)
     if args.base:
         collect_generated(Path(args.base), records)
     scorer = load_sciscore(args.model, device=args.device, dtype=args.dtype,
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _judge_template(args: argparse.Namespace, records) -> str | None:
+def judge_template(args: argparse.Namespace, records) -> str | None:
     """The judge prompt file's text (checked for its placeholders) and the records' rubric
     fields, before anything is loaded; None without --judge or --judge-prompt."""
     from ...nodes.errors import ScienceT2IError
