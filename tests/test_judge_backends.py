@@ -299,6 +299,67 @@ def test_openai_http_error_from_transformers_serve(vlm_server):
     assert err.value.transient is False and sleeps == []  # a 4xx is not retried
 
 
+def _rubric_run(tmp_path):
+    """One record with its rubric and RUN/{ip,ep,sp}/0_0.png."""
+    from science_t2i.training.core.datasets import write_jsonl_dataset
+    write_jsonl_dataset([{"implicit_prompt": ["an unripe apple"], "law": "RI",
+                          "category": "biology", "scene_scoring": "an apple",
+                          "real_scoring": "the apple is green"}], tmp_path / "ds")
+    for i, kind in enumerate(("ip", "ep", "sp")):
+        (tmp_path / "run" / kind).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (40 * i, 120, 30)).save(tmp_path / "run" / kind / "0_0.png")
+    return tmp_path / "ds", tmp_path / "run"
+
+
+def test_the_rubric_judge_through_transformers_serve(vlm_server, tmp_path):
+    """The benchmark's judge against a real OpenAI-compatible server: every image asked once
+    (two at a time), each reply judged or counted as unreadable (a tiny random model's
+    replies are noise), all cached."""
+    from science_t2i.training.core.datasets import load_records
+    from science_t2i.training.eval.judge_cache import JudgeCache
+    from science_t2i.training.eval.rubric_runs import judge_run
+    model, base_url = vlm_server
+    ds, run = _rubric_run(tmp_path)
+    records = load_records(ds, None, require=("implicit_prompt",))
+    cache = JudgeCache(tmp_path / "cache.jsonl")
+    result = judge_run(run, records, OpenAIBackend(model, base_url, timeout=120, retries=1),
+                       cache=cache, concurrency=2)
+    counted = sum(k["judged"] + k["failures"] for k in result["kinds"].values())
+    assert counted == 3 and len(cache) == 3
+    assert all(r.get("score") is not None or "unreadable reply" in r["error"]
+               for r in result["rows"])
+
+
+def test_bench_judging_killed_then_resumed_loses_nothing(vlm_server, tmp_path):
+    """SIGKILL while the judge is being asked, then the same command again: every reply
+    that arrived before the kill is kept, none is asked twice, the report comes out."""
+    model, base_url = vlm_server
+    ds, run = _rubric_run(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "science_t2i.training.cli", "bench", "--dataset", str(ds),
+           "--images", str(run), "--no-sciscore", "--judge", f"openai:{model}",
+           "--base-url", base_url, "--concurrency", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=launch_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    cache = out / "rubric_cache.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cache.is_file() and cache.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = [json.loads(line)["key"] for line in cache.read_text().splitlines() if line]
+    print(f"\nreplies cached before the kill: {len(before)} of 3")
+    assert 1 <= len(before) < 3   # killed mid-run (each tiny-model reply takes ~1 s)
+    done = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = [json.loads(line)["key"] for line in cache.read_text().splitlines() if line]
+    assert after[:len(before)] == before and len(after) == len(set(after)) == 3
+    report = json.loads((out / "bench.json").read_text())["rubric"]
+    assert sum(k["judged"] + k["failures"] for k in report["kinds"].values()) == 3
+
+
 # ----------------------------------------------------------------------------- stub servers
 
 class StubState:
