@@ -66,7 +66,7 @@ def sft_steps(model, params, device, dtype, resolution: int, steps: int) -> floa
     opt = torch.optim.AdamW(params, lr=1e-5)
     times = []
     for i in range(steps + 1):
-        inputs = mm._flux_inputs(model, 1, resolution, mm.TEXT_TOKENS, dtype)
+        inputs = mm.flux_inputs(model, 1, resolution, mm.TEXT_TOKENS, dtype)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         _sync(device)
         t = time.perf_counter()

@@ -133,26 +133,34 @@ def plan_rows() -> list[dict]:
 SMALL = mm.SMALL_FLUX
 
 
+def real_step_rss() -> int:
+    """The small model's training step for real (``--real-step``, run in a fresh process by
+    ``_real_peak_rss``): the rise of the resident set, in bytes."""
+    import torch
+    from peak_rss import PeakRSS
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = mm.flux_transformer(SMALL, torch.float32)
+    for p in mm.add_lora(model, 16):
+        p.grad = torch.zeros_like(p)
+    model.enable_gradient_checkpointing()
+    model.train()
+
+    def step() -> None:
+        inputs = mm.flux_inputs(model, 1, 512, mm.TEXT_TOKENS, torch.float32)
+        model(**inputs)[0].float().square().mean().backward()
+    step()   # warm-up: lazily allocated buffers
+    with PeakRSS() as rss:
+        step()
+    return rss.peak - rss.base
+
+
 def _real_peak_rss() -> dict:
-    """The small model's training step for real, in a fresh process (glibc returning freed
-    buffers, so resident memory follows live memory): the rise of the resident set."""
-    code = (
-        "import json, sys, torch; sys.path.insert(0, %r); import memory_model as mm; "
-        "from peak_rss import PeakRSS; torch.manual_seed(0); torch.set_num_threads(2)\n"
-        "cfg = %r; cfg['axes_dims_rope'] = tuple(cfg['axes_dims_rope'])\n"
-        "model = mm.flux_transformer(cfg, torch.float32); lora = mm.add_lora(model, 16)\n"
-        "[setattr(p, 'grad', torch.zeros_like(p)) for p in lora]\n"
-        "model.enable_gradient_checkpointing(); model.train()\n"
-        "inputs = mm._flux_inputs(model, 1, 512, mm.TEXT_TOKENS, torch.float32)\n"
-        "model(**inputs)[0].float().square().mean().backward()   # warm-up: lazy buffers\n"
-        "with PeakRSS() as rss:\n"
-        "    inputs = mm._flux_inputs(model, 1, 512, mm.TEXT_TOKENS, torch.float32)\n"
-        "    model(**inputs)[0].float().square().mean().backward()\n"
-        "print(json.dumps({'rss_rise': rss.peak - rss.base}))\n"
-    ) % (str(Path(__file__).parent), SMALL)
+    """``real_step_rss`` in a fresh process, with glibc returning freed buffers so the
+    resident set follows live memory."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True)
+    out = subprocess.run([sys.executable, __file__, "--real-step"], capture_output=True,
+                         text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -212,7 +220,11 @@ def main() -> None:
     ap.add_argument("--write-plan", action="store_true",
                     help=f"rewrite {PLAN_PATH.relative_to(ROOT)} (what the trainers print)")
     ap.add_argument("--no-check", action="store_true", help="skip the real-run method check")
+    ap.add_argument("--real-step", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.real_step:   # the method check's child process
+        print(json.dumps({"rss_rise": real_step_rss()}))
+        return
     t0 = time.time()
     rows = plan_rows()
     check = None if args.no_check else validate()

@@ -122,7 +122,7 @@ def image_tokens(resolution: int, patch: int = 16) -> int:
     return (resolution // patch) ** 2
 
 
-def _flux_inputs(model, batch: int, resolution: int, text: int, dtype: torch.dtype) -> dict:
+def flux_inputs(model, batch: int, resolution: int, text: int, dtype: torch.dtype) -> dict:
     c = model.config
     tokens = image_tokens(resolution)
     inputs = dict(hidden_states=torch.randn(batch, tokens, c.in_channels, dtype=dtype),
@@ -161,7 +161,7 @@ def transformer_step_peak(*, batch: int, resolution: int, train: bool, rank: int
         model.train(train)
 
         def step() -> None:
-            inputs = _flux_inputs(model, batch, resolution, text, dtype)
+            inputs = flux_inputs(model, batch, resolution, text, dtype)
             if train:
                 out = model(**inputs)[0]
                 out.float().square().mean().backward()

@@ -4,7 +4,8 @@ loads (``model.diffusion_model.`` prefix, bf16 or fp8), CLIP-L and T5 in transfo
 
 The transformer has FLUX.1's width (24 heads x 128; diffusers' converter is written for it)
 with one block of each kind and small text inputs (~0.5 B parameters); the rest is tiny.
-The layouts are written by inverting diffusers' conversion, independently of the pack.
+The layouts are written from ComfyUI's recorded FLUX naming (tests/lora_formats.py),
+independently of the pack and of diffusers' conversion.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from lora_formats import COMFY_DOUBLE, COMFY_SINGLE, COMFY_TOP
 from tiny_flux import _t5_tokenizer
 
 PREFIX = "model.diffusion_model."
@@ -34,55 +36,47 @@ def _swap_halves(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([b, a], dim=0)
 
 
+# the qk-norm scales, which the LoRA naming tables (linear layers only) leave out
+_DOUBLE_NORMS = {"attn.norm_q.weight": "img_attn.norm.query_norm.scale",
+                 "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+                 "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+                 "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale"}
+_SINGLE_NORMS = {"attn.norm_q.weight": "norm.query_norm.scale",
+                 "attn.norm_k.weight": "norm.key_norm.scale"}
+
+
 def transformer_to_bfl(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers FluxTransformer2DModel keys -> the BFL keys of flux1-dev.safetensors."""
+    """diffusers FluxTransformer2DModel keys -> the BFL keys of flux1-dev.safetensors, by
+    ComfyUI's own naming (lora_formats' tables): fused rows concatenated in slice order, and
+    the final modulation's halves swapped (BFL: shift, scale)."""
     sd = dict(sd)
     out: dict[str, torch.Tensor] = {}
-    simple = {
-        "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
-        "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
-        "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
-        "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
-        "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
-        "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
-        "context_embedder": "txt_in", "x_embedder": "img_in", "proj_out": "final_layer.linear"}
-    double = {"norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin",
-              "attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
-              "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
-              "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2"}
-    norms = {"attn.norm_q.weight": "img_attn.norm.query_norm.scale",
-             "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
-             "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
-             "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale"}
-    for src, dst in simple.items():
+    fused: dict[str, dict[int, torch.Tensor]] = {}
+
+    def move(src: str, dst: str, index: int | None) -> None:
         for p in ("weight", "bias"):
             if f"{src}.{p}" in sd:
-                out[f"{dst}.{p}"] = sd.pop(f"{src}.{p}")
+                v = sd.pop(f"{src}.{p}")
+                if index is None:
+                    out[f"{dst}.{p}"] = v
+                else:
+                    fused.setdefault(f"{dst}.{p}", {})[index] = v
+
+    for src, dst in COMFY_TOP.items():
+        move(src, dst, None)
     for p in ("weight", "bias"):
-        out[f"final_layer.adaLN_modulation.1.{p}"] = _swap_halves(sd.pop(f"norm_out.linear.{p}"))
-    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("transformer_blocks.")}
-    for i in blocks:
-        b = f"transformer_blocks.{i}."
-        for src, dst in double.items():
-            for p in ("weight", "bias"):
-                out[f"double_blocks.{i}.{dst}.{p}"] = sd.pop(f"{b}{src}.{p}")
-        for src, dst in norms.items():
-            out[f"double_blocks.{i}.{dst}"] = sd.pop(b + src)
-        for p in ("weight", "bias"):
-            out[f"double_blocks.{i}.img_attn.qkv.{p}"] = torch.cat(
-                [sd.pop(f"{b}attn.to_{x}.{p}") for x in "qkv"])
-            out[f"double_blocks.{i}.txt_attn.qkv.{p}"] = torch.cat(
-                [sd.pop(f"{b}attn.add_{x}_proj.{p}") for x in "qkv"])
-    singles = {int(k.split(".")[1]) for k in sd if k.startswith("single_transformer_blocks.")}
-    for i in singles:
-        b = f"single_transformer_blocks.{i}."
-        for p in ("weight", "bias"):
-            out[f"single_blocks.{i}.modulation.lin.{p}"] = sd.pop(f"{b}norm.linear.{p}")
-            out[f"single_blocks.{i}.linear1.{p}"] = torch.cat(
-                [sd.pop(f"{b}attn.to_{x}.{p}") for x in "qkv"] + [sd.pop(f"{b}proj_mlp.{p}")])
-            out[f"single_blocks.{i}.linear2.{p}"] = sd.pop(f"{b}proj_out.{p}")
-        out[f"single_blocks.{i}.norm.query_norm.scale"] = sd.pop(f"{b}attn.norm_q.weight")
-        out[f"single_blocks.{i}.norm.key_norm.scale"] = sd.pop(f"{b}attn.norm_k.weight")
+        key = f"final_layer.adaLN_modulation.1.{p}"
+        out[key] = _swap_halves(out[key])
+    for prefix, bfl, table, norms in (("transformer_blocks", "double_blocks", COMFY_DOUBLE,
+                                       _DOUBLE_NORMS),
+                                      ("single_transformer_blocks", "single_blocks",
+                                       COMFY_SINGLE, _SINGLE_NORMS)):
+        for i in sorted({int(k.split(".")[1]) for k in sd if k.startswith(prefix + ".")}):
+            for src, (dst, index) in table.items():
+                move(f"{prefix}.{i}.{src}", f"{bfl}.{i}.{dst}", index)
+            for src, dst in norms.items():
+                out[f"{bfl}.{i}.{dst}"] = sd.pop(f"{prefix}.{i}.{src}")
+    out |= {k: torch.cat([parts[j] for j in sorted(parts)]) for k, parts in fused.items()}
     assert not sd, f"unconverted keys: {sorted(sd)[:5]}"
     return {PREFIX + k: v.contiguous() for k, v in out.items()}
 
