@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # benchmarks/gpu_check.py on a lent GPU machine without internet. It has torch, transformers,
 # accelerate and peft; the rest comes as wheels carried in .wheels/, made here with
-#   pip download --no-deps -d .wheels diffusers torchao pillow importlib_metadata zipp
-# and installed only where the module is missing. The pack is imported from this checkout.
+#   pip download --no-deps -d .wheels diffusers torchao pillow importlib_metadata zipp \
+#       "setuptools>=77" wheel "packaging>=24"
+# installed only where the module is missing; the pack itself is installed from this checkout
+# (its build backend from the same wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for pair in diffusers:diffusers torchao:torchao PIL:pillow importlib_metadata:importlib_metadata zipp:zipp; do
@@ -11,8 +13,6 @@ for pair in diffusers:diffusers torchao:torchao PIL:pillow importlib_metadata:im
         python -m pip install -q --no-deps --no-index .wheels/"$wheel"-*.whl
     fi
 done
-pkg=$(mktemp -d)
-ln -s "$PWD" "$pkg/science_t2i"
-export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
+python -m pip install -q --no-deps --no-index --find-links .wheels .
 cd benchmarks
 exec python gpu_check.py --json "$@"

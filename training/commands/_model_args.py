@@ -23,3 +23,55 @@ def backend_from_args(spec: str, args: argparse.Namespace) -> Any:
     from ...nodes.lmm import backend_from_spec
     return backend_from_spec(spec, base_url=args.base_url, api_key_env=args.api_key_env,
                              timeout=args.timeout, retries=args.retries)
+
+
+# ----------------------------------------------------------------------------- rubric judge
+# (eval-t2i and bench: the Science-T2I benchmark's score out of 100)
+
+def add_rubric_judge_args(group: Any) -> None:
+    """--judge, the endpoint arguments, --judge-prompt and --concurrency."""
+    group.add_argument("--judge", default=None, metavar="local:MODEL|openai:MODEL",
+                       help="the rubric judge: local:<folder in models/vlm, path or Hub id> "
+                            "or openai:<model> with --base-url")
+    add_endpoint_args(group, timeout=120.0)
+    group.add_argument("--judge-prompt", default=None, metavar="FILE",
+                       help="the judge's prompt as a text file with {prompt}, {scene} and "
+                            "{reality} where they go (e.g. the reference's wording); "
+                            "default: the pack's own")
+    group.add_argument("--concurrency", type=int, default=4, help="judge requests at once")
+
+
+def rubric_judge_template(args: argparse.Namespace, records: Any) -> str | None:
+    """The judge prompt file's text (checked for its placeholders) and the records' rubric
+    fields, before anything is loaded; None without --judge or --judge-prompt."""
+    from pathlib import Path
+
+    from ...nodes.errors import ScienceT2IError
+    if not args.judge:
+        if args.judge_prompt:
+            raise ScienceT2IError("--judge-prompt needs --judge.")
+        return None
+    if not records:
+        raise ScienceT2IError("--judge needs --dataset: the records' scene_scoring and "
+                              "real_scoring are what the judge grades against.")
+    from ...nodes.judges.science_rubric import rubric_prompt
+    from ..core.readers import read_text
+    from ..eval.rubric_runs import check_rubric_fields
+    check_rubric_fields(records)
+    template = read_text(Path(args.judge_prompt), "--judge-prompt") if args.judge_prompt \
+        else None
+    rubric_prompt("p", "s", "r", template)   # its placeholders, before any work
+    return template
+
+
+def run_rubric_judge(args: argparse.Namespace, run_dir: Any, records: Any,
+                     template: str | None, out: Any) -> dict:
+    """The rubric judge over ``run_dir``, its replies cached in ``out/rubric_cache.jsonl``."""
+    from pathlib import Path
+
+    from ..eval.judge_cache import JudgeCache
+    from ..eval.rubric_runs import judge_run
+    return judge_run(Path(run_dir), records, backend_from_args(args.judge, args),
+                     cache=JudgeCache(Path(out) / "rubric_cache.jsonl"), template=template,
+                     concurrency=args.concurrency)
+

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ...nodes.sciscore import DEFAULT_SCISCORE
-    from ._model_args import add_endpoint_args
+    from ._model_args import add_rubric_judge_args
     p = subparsers.add_parser(
         "bench", help="the Science-T2I benchmark: generate, judge by rubric, score out of 100",
         description="Generates the implicit, explicit and superficial prompt of every record "
@@ -40,12 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=DEFAULT_SCISCORE, help="SciScore checkpoint")
     s.add_argument("--no-sciscore", action="store_true", help="the rubric judge only")
     s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--judge", default=None, metavar="local:MODEL|openai:MODEL")
-    add_endpoint_args(s, timeout=120.0)
-    s.add_argument("--judge-prompt", default=None, metavar="FILE",
-                   help="the judge's wording with {prompt}, {scene}, {reality} (e.g. the "
-                        "reference's); default: the pack's own")
-    s.add_argument("--concurrency", type=int, default=4, help="judge requests at once")
+    add_rubric_judge_args(s)
     p.add_argument("--compare", nargs="*", default=[], metavar="OUT",
                    help="--out folders of earlier runs for the leaderboard")
     p.set_defaults(func=run)
@@ -61,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                                      read_report, rubric_chart)
     from ..eval.reports import write_report
     from ..generate.flux_runs import settings_for
-    from .eval_t2i import judge_template
+    from ._model_args import rubric_judge_template, run_rubric_judge
 
     if bool(args.flux) == bool(args.images):
         raise ScienceT2IError("give --flux (generate the run) or --images (a run already "
@@ -72,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     others = [read_report(o) for o in args.compare]   # before any work
     records = load_records(args.dataset, args.split, require=("implicit_prompt",))
-    template = judge_template(args, records)
+    template = rubric_judge_template(args, records)
     settings = settings_for(args.preset, steps=args.steps, resolution=args.resolution,
                             guidance=args.guidance,
                             max_sequence_length=args.max_sequence_length,
@@ -86,12 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_sciscore:
         data["sciscore"] = _sciscore(args, records, run_dir)
     if args.judge:
-        from ..eval.judge_cache import JudgeCache
-        from ..eval.rubric_runs import judge_run
-        from ._model_args import backend_from_args
-        data["rubric"] = judge_run(run_dir, records, backend_from_args(args.judge, args),
-                                   cache=JudgeCache(out / "rubric_cache.jsonl"),
-                                   template=template, concurrency=args.concurrency)
+        data["rubric"] = run_rubric_judge(args, run_dir, records, template, out)
     markdown = bench_markdown(name, data)
     paths = write_report(out, "bench", data, markdown, rubric_chart(data, name), setting="--out")
     rows = [leaderboard_row(name, data)] + [

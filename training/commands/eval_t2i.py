@@ -7,7 +7,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ...nodes.sciscore import DEFAULT_SCISCORE
-    from ._model_args import add_endpoint_args
+    from ._model_args import add_rubric_judge_args
     p = subparsers.add_parser(
         "eval-t2i", help="score a text-to-image run: mean SciScore of IP/EP/SP images, ND, RI",
         description="RUN holds ip/, ep/ and sp/ folders of images generated from the implicit, "
@@ -37,15 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "real_scoring (Science-T2I test sets) and the run is scored out of 100 per prompt "
         "kind, per category and per task, beside SciScore. Replies are cached in "
         "--out/rubric_cache.jsonl: a re-run asks only what is missing.")
-    j.add_argument("--judge", default=None, metavar="local:MODEL|openai:MODEL",
-                   help="the judge: local:<folder in models/vlm, path or Hub id> or "
-                        "openai:<model> with --base-url")
-    add_endpoint_args(j, timeout=120.0)
-    j.add_argument("--judge-prompt", default=None, metavar="FILE",
-                   help="the judge's prompt as a text file with {prompt}, {scene} and "
-                        "{reality} where they go (e.g. the reference's wording); default: "
-                        "the pack's own")
-    j.add_argument("--concurrency", type=int, default=4, help="judge requests at once")
+    add_rubric_judge_args(j)
     p.set_defaults(func=run)
 
 
@@ -55,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.preflight import check_device, check_output_dir
     from ..eval.reports import bar_chart_png, charts_available, write_report
     from ..eval.science_t2i import collect_generated, compare_runs, evaluate_t2i_run, t2i_markdown
+    from ._model_args import rubric_judge_template, run_rubric_judge
 
     check_device(args.device)
     out = check_output_dir(args.out, "--out")
@@ -63,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                if args.dataset else None)
     # check both layouts (and the judge's inputs) before loading any model
     collect_generated(Path(args.run), records)
-    template = judge_template(args, records)
+    template = rubric_judge_template(args, records)
     if args.base:
         collect_generated(Path(args.base), records)
     scorer = load_sciscore(args.model, device=args.device, dtype=args.dtype,
@@ -85,38 +78,13 @@ def run(args: argparse.Namespace) -> int:
     data = {"run": str(args.run), "base": args.base, "model": str(args.model), "runs": runs,
             "relative_improvement": ri, "images": images}
     if args.judge:
-        from ..eval.judge_cache import JudgeCache
-        from ..eval.rubric_runs import judge_run, rubric_markdown
-        from ._model_args import backend_from_args
+        from ..eval.rubric_runs import rubric_markdown
         del scorer   # SciScore leaves before a local judge loads
-        rubric = judge_run(Path(args.run), records, backend_from_args(args.judge, args),
-                           cache=JudgeCache(out / "rubric_cache.jsonl"), template=template,
-                           concurrency=args.concurrency)
+        rubric = run_rubric_judge(args, args.run, records, template, out)
         data["rubric"] = rubric
         markdown += "\n" + rubric_markdown(rubric)
     paths = write_report(out, "t2i_eval", data, markdown, chart, setting="--out")
     print(markdown)
     print("written: " + ", ".join(str(p) for p in paths))
     return 0
-
-
-def judge_template(args: argparse.Namespace, records) -> str | None:
-    """The judge prompt file's text (checked for its placeholders) and the records' rubric
-    fields, before anything is loaded; None without --judge or --judge-prompt."""
-    from ...nodes.errors import ScienceT2IError
-    if not args.judge:
-        if args.judge_prompt:
-            raise ScienceT2IError("--judge-prompt needs --judge.")
-        return None
-    if not records:
-        raise ScienceT2IError("--judge needs --dataset: the records' scene_scoring and "
-                              "real_scoring are what the judge grades against.")
-    from ...nodes.judges.science_rubric import rubric_prompt
-    from ..core.readers import read_text
-    from ..eval.rubric_runs import check_rubric_fields
-    check_rubric_fields(records)
-    template = read_text(Path(args.judge_prompt), "--judge-prompt") if args.judge_prompt \
-        else None
-    rubric_prompt("p", "s", "r", template)   # its placeholders, before any work
-    return template
 

@@ -337,15 +337,26 @@ def resume_digest(cfg: Any, may_change: Iterable[str],
     for key, default in (added or {}).items():
         value = _pop(tree, key)
         if value != default:
-            _put(tree, key, value)
+            put_dotted(tree, key, value)
     return json_digest(tree, 16)
 
 
-def _put(tree: dict[str, Any], key: str, value: Any) -> None:
+def put_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of a nested dict, making the sections on the way."""
     *sections, name = key.split(".")
     for section in sections:
         tree = tree.setdefault(section, {})
     tree[name] = value
+
+
+def has_dotted(tree: dict[str, Any], key: str) -> bool:
+    """Whether a nested dict holds the dotted ``key``."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def flat_config(cfg: Any) -> dict[str, Any]:

@@ -21,32 +21,24 @@ from importlib import resources
 from typing import Any
 
 from ...nodes.errors import ScienceT2IError
+from ..core.config import has_dotted, put_dotted
 
 log = logging.getLogger(__name__)
 
-# tier -> the card's memory (GiB) and the settings per trainer (dotted keys)
-_COMMON = {"train.gradient_checkpointing": True}
+# tier: the card's memory (GiB), the frozen base, SFT's micro-batch, and stage 2's rollout
+# batch, pairs per step and SciScore batch; every tier checkpoints gradients, and below 80 GB
+# SciScore runs in fp16 (reward.dtype=auto)
+_TABLE = {"80gb": (80, "bf16", 4, 8, 2, 16), "24gb": (24, "8bit", 2, 4, 1, 16),
+          "16gb": (16, "8bit", 1, 1, 1, 8), "12gb": (12, "nf4", 1, 1, 1, 4),
+          "8gb": (8, "nf4", 1, 1, 1, 2)}
 TIERS: dict[str, dict[str, Any]] = {
-    "80gb": {"gib": 80, "sft": {"model.base": "bf16", "train.batch_size": 4},
-             "stage2": {"model.base": "bf16", "rollout.batch_size": 8,
-                        "train.pairs_per_step": 2, "reward.batch_size": 16}},
-    "24gb": {"gib": 24, "sft": {"model.base": "8bit", "train.batch_size": 2},
-             "stage2": {"model.base": "8bit", "rollout.batch_size": 4,
-                        "train.pairs_per_step": 1, "reward.batch_size": 16,
-                        "reward.dtype": "auto"}},
-    "16gb": {"gib": 16, "sft": {"model.base": "8bit", "train.batch_size": 1},
-             "stage2": {"model.base": "8bit", "rollout.batch_size": 1,
-                        "train.pairs_per_step": 1, "reward.batch_size": 8,
-                        "reward.dtype": "auto"}},
-    "12gb": {"gib": 12, "sft": {"model.base": "nf4", "train.batch_size": 1},
-             "stage2": {"model.base": "nf4", "rollout.batch_size": 1,
-                        "train.pairs_per_step": 1, "reward.batch_size": 4,
-                        "reward.dtype": "auto"}},
-    "8gb": {"gib": 8, "sft": {"model.base": "nf4", "train.batch_size": 1},
-            "stage2": {"model.base": "nf4", "rollout.batch_size": 1,
-                       "train.pairs_per_step": 1, "reward.batch_size": 2,
-                       "reward.dtype": "auto"}},
-}
+    tier: {"gib": gib,
+           "sft": {"model.base": base, "train.batch_size": sft_batch},
+           "stage2": {"model.base": base, "rollout.batch_size": rollouts,
+                      "train.pairs_per_step": pairs, "reward.batch_size": scores,
+                      **({"reward.dtype": "auto"} if gib < 80 else {})}}
+    for tier, (gib, base, sft_batch, rollouts, pairs, scores) in _TABLE.items()}
+_COMMON = {"train.gradient_checkpointing": True}
 PLAN_FILE = "memory_plan.json"
 PLAN_RESOLUTIONS = (512, 1024)
 
@@ -58,22 +50,6 @@ def tier_settings(tier: str, trainer: str) -> dict[str, Any]:
     return {**_COMMON, **TIERS[tier][trainer]}
 
 
-def _has(tree: dict[str, Any], key: str) -> bool:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _put(tree: dict[str, Any], key: str, value: Any) -> None:
-    *sections, name = key.split(".")
-    for section in sections:
-        tree = tree.setdefault(section, {})
-    tree[name] = value
-
-
 def fill_from_tier(data: dict[str, Any], trainer: str, defaults: dict[str, Any]) -> None:
     """Fill the raw config tree ``data`` (the keys the user gave) from its ``memory`` tier.
     ``defaults`` holds the trainer's train.batch_size and train.grad_accum defaults (SFT)."""
@@ -83,15 +59,15 @@ def fill_from_tier(data: dict[str, Any], trainer: str, defaults: dict[str, Any])
         return
     settings = tier_settings(str(tier), trainer)
     for key, value in settings.items():
-        if not _has(data, key):
-            _put(data, key, value)
+        if not has_dotted(data, key):
+            put_dotted(data, key, value)
     if trainer == "sft" and "train.batch_size" in settings and \
-            not _has(data, "train.grad_accum"):
+            not has_dotted(data, "train.grad_accum"):
         effective = defaults["train.batch_size"] * defaults["train.grad_accum"]
         batch = data["train"]["batch_size"]
         batch = getattr(batch, "parsed", batch)
         if isinstance(batch, int) and batch > 0:   # anything else fails with its own error
-            _put(data, "train.grad_accum", max(1, -(-effective // batch)))
+            put_dotted(data, "train.grad_accum", max(1, -(-effective // batch)))
 
 
 @lru_cache(maxsize=1)
