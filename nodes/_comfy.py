@@ -121,6 +121,13 @@ def folder_paths_for(kind: str) -> list[Path]:
     return [models_dir() / _subdir(kind)]
 
 
+def comfyui_root() -> Path | None:
+    """The folder of the ComfyUI this process runs in (where ``comfy/`` is), or None."""
+    comfy = _try_import("comfy") if IN_COMFY else None
+    file = getattr(comfy, "__file__", None)
+    return Path(file).parent.parent if file else None
+
+
 def output_directory() -> Path:
     """Where saved images go: ComfyUI's output folder, else $SCIENCE_T2I_OUTPUT or ./output."""
     if IN_COMFY:

@@ -44,10 +44,9 @@ class LoraTrainer(Trainer):
     def load_base(self, model_dir: Any) -> torch.nn.Module:
         """The frozen transformer on the device, in ``model.base``'s precision."""
         from .model import load_transformer
-        from .quantize import resolve_base
+        from .quantize import Fp8StorageLinear, resolve_base
         self.base = resolve_base(self.cfg.model.base, self.device)
         model = load_transformer(model_dir, self.weight_dtype, self.device, self.base)
-        from .quantize import Fp8StorageLinear
         if self.base == "bf16" and any(isinstance(m, Fp8StorageLinear) for m in model.modules()):
             self.base = "fp8-file"   # an fp8 single file, kept as it is
         return model

@@ -240,10 +240,7 @@ def _check_kind(path: Path, kind: str) -> dict[str, dict]:
 def comfyui_roots() -> list[Path]:
     """ComfyUI installations this process can see: the running one, the one whose models
     folder is in use, the one this pack sits in (custom_nodes/<pack>)."""
-    roots = []
-    comfy = _comfy._try_import("comfy")
-    if comfy is not None and getattr(comfy, "__file__", None):
-        roots.append(Path(comfy.__file__).parent.parent)
+    roots = [r for r in (_comfy.comfyui_root(),) if r is not None]
     roots.append(_comfy.models_dir().parent)
     roots.append(Path(__file__).resolve().parents[3])
     return roots
