@@ -136,6 +136,13 @@ def output_directory() -> Path:
     return Path(env).expanduser().resolve() if env else Path.cwd() / "output"
 
 
+def input_directory() -> Path:
+    """Where users put input files: ComfyUI's input folder, else the current folder."""
+    if IN_COMFY:
+        return Path(folder_paths.get_input_directory())
+    return Path.cwd()
+
+
 def default_folder(kind: str) -> Path:
     return folder_paths_for(kind)[0]
 

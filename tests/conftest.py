@@ -46,3 +46,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_models_dir_leaks():
+    """``--models-dir`` on a command sets the process-wide models folder: each test starts
+    from the default, so a tiny model one test made never shows in another's lists."""
+    from science_t2i.nodes import _comfy
+    yield
+    _comfy.set_models_dir(None)

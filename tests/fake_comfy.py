@@ -161,6 +161,8 @@ class FakeComfy:
                                                          "node_type": "KSampler",
                                                          "exception_message": "CUDA out of memory"}]]},
                                 "meta": {}}}
+        if _titled(graph, "Rollout sampler") is None:
+            return {prompt_id: self._any_graph(prompt_id, graph)}
         seed = graph[_titled(graph, "Rollout sampler")]["inputs"]["seed"]
         k = graph[_titled(graph, "Rollout latent")]["inputs"]["batch_size"]
         outputs = {}
@@ -183,3 +185,33 @@ class FakeComfy:
                                        "messages": [["execution_start", {}],
                                                     ["execution_success", {}]]},
                             "meta": {}}}
+
+    def _any_graph(self, prompt_id, graph):
+        """Any other graph: each SaveImage node saves batch_size images (from the node with
+        width/height) whose grey level is ``image_value(text, seed)`` of the graph's first text
+        and seed inputs, at the graph's width."""
+        inputs = [graph[n]["inputs"] for n in sorted(graph, key=int)]
+        text = next(i["text"] for i in inputs if isinstance(i.get("text"), str))
+        seed = next(i.get("seed", i.get("noise_seed")) for i in inputs
+                    if "seed" in i or "noise_seed" in i)
+        latent = next((i for i in inputs if "width" in i and "height" in i), {})
+        outputs = {}
+        for node_id, node in graph.items():
+            if node["class_type"] != "SaveImage":
+                continue
+            refs = []
+            for i in range(latent.get("batch_size", 1)):
+                name = f"bench_{prompt_id[:8]}_{node_id}_{i:05d}_.png"
+                self.files[name] = _png(image_value(text, seed), size=latent.get("width", 16))
+                refs.append({"filename": name, "subfolder": "", "type": "output"})
+            outputs[node_id] = {"images": refs}
+        return {"prompt": [0, prompt_id, graph, {}, list(outputs)], "outputs": outputs,
+                "status": {"status_str": "success", "completed": True,
+                           "messages": [["execution_success", {}]]}, "meta": {}}
+
+
+def image_value(text: str, seed: int) -> float:
+    """The grey level FakeComfy draws for a prompt and seed (multiples of 1/255)."""
+    import hashlib
+    digest = hashlib.sha256(f"{text}|{seed}".encode()).digest()
+    return digest[0] / 255

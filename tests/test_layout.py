@@ -34,6 +34,8 @@ NODE_IDS = {
     "ScienceT2I_VLMJudgeLoader": "VLM Judge Loader",
     "ScienceT2I_ScienceJudge": "Science Judge (A or B)",
     "ScienceT2I_ScienceRubricJudge": "Science Rubric Judge (0-100)",
+    "ScienceT2I_BenchRecords": "Science Bench Records",
+    "ScienceT2I_BenchScore": "Science Bench Score (0-100)",
     "ScienceT2I_VisualQuiz": "Visual Quiz",
     "ScienceT2I_ImgCoder": "ImgCoder (figure as code)",
     "ScienceT2I_RenderFigureCode": "Render Figure Code",

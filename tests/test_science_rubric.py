@@ -196,18 +196,30 @@ def test_a_run_judged_resumed_with_failures_counted(tmp_path):
 
 
 def test_the_judge_needs_the_rubric_fields(tmp_path):
+    """No record with both fields: refused. A record without them: its images are counted
+    failures, the others judged."""
+    from dataclasses import replace
+
     from science_t2i.training.eval.rubric_runs import judge_run
     records = _records(tmp_path, rubric=False)
-    _colour_run(tmp_path / "run", {"ip": [(1, 1, 1)], "ep": [(2, 2, 2)], "sp": [(3, 3, 3)]})
-    with pytest.raises(ScienceT2IError, match="lack the rubric fields scene_scoring and "
-                                              "real_scoring.*SciScore only"):
+    _colour_run(tmp_path / "run", {"ip": [(1, 1, 1), (4, 4, 4)], "ep": [(2, 2, 2)],
+                                   "sp": [(3, 3, 3)]})
+    with pytest.raises(ScienceT2IError, match="lack scene_scoring and real_scoring, the "
+                                              "rubric fields.*SciScore only"):
         judge_run(tmp_path / "run", records, _ColourJudge({}))
+    records = _records(tmp_path / "with", rubric=True)
+    records[1] = replace(records[1], real_scoring="")
+    judge = _ColourJudge({c: _reply(2) for c in ((1, 1, 1), (2, 2, 2), (3, 3, 3))})
+    result = judge_run(tmp_path / "run", records, judge)
+    assert [f["id"] for f in result["failures"]] == ["ip/1_0.png"]
+    assert "record 1 has no scene_scoring/real_scoring" in result["failures"][0]["error"]
+    assert (4, 4, 4) not in judge.calls and result["kinds"]["implicit"]["judged"] == 1
 
 
 def test_eval_t2i_with_the_rubric_judge_through_the_cli(tmp_path, capsys):
     """SciScore and a local judge (a tiny random Qwen2-VL: its replies are unreadable, so
     every image is a counted failure, and the report still comes out); and a dataset without
-    the rubric fields refused before anything loads."""
+    the rubric fields: the judge stage is skipped saying why, SciScore still scores."""
     import json
     from science_t2i.training.cli import main
     from tiny_clip import build_tiny_clip
@@ -236,6 +248,51 @@ def test_eval_t2i_with_the_rubric_judge_through_the_cli(tmp_path, capsys):
     _records(bad, rubric=False)
     rc = main(["--models-dir", str(models), "eval-t2i", str(tmp_path / "run"), "--dataset",
                str(bad / "ds"), "--model", "tiny", "--out", str(tmp_path / "o2"),
-               "--judge", f"local:{vlm}"])
-    assert rc == 2 and "lack the rubric fields" in capsys.readouterr().err
-    assert not (tmp_path / "o2" / "t2i_eval.json").exists()
+               "--judge", f"local:{vlm}", "--device", "cpu"])
+    assert rc == 0       # the judge stage says what is missing; SciScore still scores
+    data = json.loads((tmp_path / "o2" / "t2i_eval.json").read_text())
+    assert "rubric" not in data and "lack scene_scoring and real_scoring" in data["rubric_skipped"]
+    assert "rubric judge not run" in (tmp_path / "o2" / "t2i_eval.md").read_text()
+    assert data["runs"]["run"]["overall"]["ip"] is not None
+
+
+# ----------------------------------------------------------------------------- in a graph
+
+def test_bench_records_and_score_nodes(tmp_path, monkeypatch):
+    """Science Bench Records gives the prompts (one per record) of the pack's sample or a
+    file in ComfyUI's input folder; Science Bench Score judges every drawn image by its
+    record's rubric: the score out of 100 is the mean of the readable replies' scores / 3,
+    an unreadable reply is a counted failure, and per-task scores are given."""
+    import json
+    from science_t2i.nodes import _comfy
+    from science_t2i.nodes.judges.node_classes import (ScienceBenchRecordsNode,
+                                                       ScienceBenchScoreNode)
+    prompts, records = ScienceBenchRecordsNode().load("", "explicit", 1, 3)
+    sample = [json.loads(line) for line in (
+        __import__("pathlib").Path(_comfy.__file__).parent / "judges" / "bench_sample.jsonl"
+    ).read_text().splitlines()]
+    assert prompts == [r["explicit_prompt"] for r in sample[1:4]]
+    assert [r.law for r in records] == [r["law"] for r in sample[1:4]]
+
+    replies = [REPLIES[0][0], REPLIES[3][0], "no idea", REPLIES[4][0]]   # 2, 2.5, -, 3
+    images = [torch.rand(2, 8, 8, 3), torch.rand(1, 8, 8, 3), torch.rand(1, 8, 8, 3)]
+    judge = _Judge(replies)
+    out = ScienceBenchScoreNode().score([judge], images, records)
+    score, report = out["result"]
+    assert score == pytest.approx((2 + 2.5 + 3) / 3 / 3 * 100, abs=0.005)   # 2 decimals
+    assert "3 judged, 1 failed" in report and "failed (" in report
+    # the first record's two images are judged by its own rubric
+    assert all(records[0].reality in q for _, q in judge.asked[:2])
+    assert records[2].reality in judge.asked[3][1]
+    assert f"{records[0].law} {(2 + 2.5) / 2 / 3 * 100:.1f}" in report
+
+    with pytest.raises(ScienceT2IError, match="2 image batches for 3 records"):
+        ScienceBenchScoreNode().score([_Judge([])], images[:2], records)
+
+    monkeypatch.chdir(tmp_path)         # outside ComfyUI the input folder is the current one
+    (tmp_path / "trainset.jsonl").write_text(json.dumps({"implicit_prompt": "x"}) + "\n")
+    with pytest.raises(ScienceT2IError, match="record 0 of trainset.jsonl has no "
+                                              "scene_scoring, real_scoring"):
+        ScienceBenchRecordsNode().load("trainset.jsonl", "implicit", 0, 4)
+    with pytest.raises(ScienceT2IError, match="not found"):
+        ScienceBenchRecordsNode().load("missing.jsonl", "implicit", 0, 4)

@@ -1,4 +1,6 @@
-"""The judge nodes: VLM Judge Loader, Science Judge (A or B), Visual Quiz."""
+"""The judge nodes: VLM Judge Loader, Science Judge (A or B), Visual Quiz, Science Rubric Judge,
+and the benchmark in a graph: Science Bench Records -> (the graph's own model) -> Science Bench
+Score."""
 from __future__ import annotations
 
 import logging
@@ -204,15 +206,96 @@ class ScienceRubricJudgeNode:
                 "result": (score, scene, description)}
 
 
+BENCH_RECORD_TYPE = "SCIENCE_BENCH_RECORD"
+
+
+class ScienceBenchRecordsNode:
+    """A handful of benchmark records for the graph's own model to draw: one prompt per
+    record (a list: the nodes after it run once per record) and the records themselves for
+    Science Bench Score."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "records_file": ("STRING", {"default": "", "tooltip": "a Science-T2I test set as "
+                             ".json/.jsonl (in ComfyUI's input folder, or a full path); empty: "
+                             "the pack's sample of six records"}),
+            "prompt_kind": (["implicit", "explicit", "superficial"],),
+            "start": ("INT", {"default": 0, "min": 0, "max": 1_000_000}),
+            "count": ("INT", {"default": 4, "min": 1, "max": 1000}),
+        }}
+
+    RETURN_TYPES = ("STRING", BENCH_RECORD_TYPE)
+    RETURN_NAMES = ("prompt", "record")
+    OUTPUT_IS_LIST = (True, True)
+    FUNCTION = "load"
+    CATEGORY = "Science-T2I/Judges"
+
+    def load(self, records_file, prompt_kind, start, count):
+        from .bench_records import load_bench_records
+        records = load_bench_records(records_file, prompt_kind, start, count)
+        return ([r.prompt for r in records], records)
+
+
+class ScienceBenchScoreNode:
+    """Judges every image the graph drew for the records by the records' rubrics and gives
+    the benchmark's score out of 100 (per task too); unreadable replies are counted as
+    failures and left out of the mean, as the headless benchmark does."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"judge": (LMM_TYPE,), "images": ("IMAGE",),
+                             "record": (BENCH_RECORD_TYPE,)}}
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("score", "report")
+    FUNCTION = "score"
+    CATEGORY = "Science-T2I/Judges"
+    OUTPUT_NODE = True
+
+    def score(self, judge, images, record):
+        from .science_rubric import aggregate, judge_rubric
+        if len(images) != len(record):
+            raise ScienceT2IError(f"{len(images)} image batches for {len(record)} records: "
+                                  "connect the images drawn from Science Bench Records' "
+                                  "prompts, one batch per record.")
+        pairs = [(rec, img) for rec, batch in zip(record, images) for img in _pil_list(batch, "images")]
+        rows, lines = [], []
+        with _comfy.Progress(len(pairs), desc="bench judge") as bar:
+            for n, (rec, img) in enumerate(pairs):
+                parsed = judge_rubric(judge[0], img, rec.prompt, rec.scene, rec.reality)
+                row = {"id": f"{rec.label} image {n}", "category": rec.category, "law": rec.law,
+                       "score": parsed.value.score if parsed.ok else None}
+                rows.append(row)
+                lines.append(f"{row['id']}: " + (f"{parsed.value.score_100:.0f}/100"
+                                                 if parsed.ok else f"failed ({parsed.reason})"))
+                bar.update(1)
+                _comfy.check_interrupt()
+        result = aggregate(rows)
+        laws = ", ".join(f"{k} {v['score']:.1f}" for k, v in result["by_law"].items()
+                         if v["score"] is not None)
+        head = ("science score: no image could be judged" if result["score"] is None else
+                f"science score {result['score']:.1f}/100 ({result['judged']} judged, "
+                f"{result['failures']} failed)")
+        report = "\n".join([head] + ([f"by task: {laws}"] if laws else []) + lines)
+        score = float("nan") if result["score"] is None else float(result["score"])
+        return {"ui": {"text": [report]}, "result": (score, report)}
+
+
 NODE_CLASS_MAPPINGS = {
     "ScienceT2I_VLMJudgeLoader": VLMJudgeLoaderNode,
     "ScienceT2I_ScienceJudge": ScienceJudgeNode,
     "ScienceT2I_VisualQuiz": VisualQuizNode,
     "ScienceT2I_ScienceRubricJudge": ScienceRubricJudgeNode,
+    "ScienceT2I_BenchRecords": ScienceBenchRecordsNode,
+    "ScienceT2I_BenchScore": ScienceBenchScoreNode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ScienceT2I_VLMJudgeLoader": "VLM Judge Loader",
     "ScienceT2I_ScienceJudge": "Science Judge (A or B)",
     "ScienceT2I_VisualQuiz": "Visual Quiz",
     "ScienceT2I_ScienceRubricJudge": "Science Rubric Judge (0-100)",
+    "ScienceT2I_BenchRecords": "Science Bench Records",
+    "ScienceT2I_BenchScore": "Science Bench Score (0-100)",
 }

@@ -41,27 +41,42 @@ def add_rubric_judge_args(group: Any) -> None:
     group.add_argument("--concurrency", type=int, default=4, help="judge requests at once")
 
 
-def rubric_judge_template(args: argparse.Namespace, records: Any) -> str | None:
-    """The judge prompt file's text (checked for its placeholders) and the records' rubric
-    fields, before anything is loaded; None without --judge or --judge-prompt."""
+def rubric_judge_template(args: argparse.Namespace, records: Any,
+                          sciscore_runs: bool = True) -> tuple[str | None, str | None]:
+    """Before anything is loaded: the judge prompt file's text (checked for its
+    placeholders), and why the judge stage is skipped, if it is (records of which none has
+    the rubric fields, while SciScore still scores the run; without SciScore that is an
+    error). (None, None) without --judge."""
+    import logging
     from pathlib import Path
 
     from ...nodes.errors import ScienceT2IError
     if not args.judge:
         if args.judge_prompt:
             raise ScienceT2IError("--judge-prompt needs --judge.")
-        return None
+        return None, None
     if not records:
         raise ScienceT2IError("--judge needs --dataset: the records' scene_scoring and "
                               "real_scoring are what the judge grades against.")
     from ...nodes.judges.science_rubric import rubric_prompt
     from ..core.readers import read_text
-    from ..eval.rubric_runs import check_rubric_fields
-    check_rubric_fields(records)
+    from ..eval.rubric_runs import check_rubric_fields, rubric_gap_message
     template = read_text(Path(args.judge_prompt), "--judge-prompt") if args.judge_prompt \
         else None
     rubric_prompt("p", "s", "r", template)   # its placeholders, before any work
-    return template
+    gaps = rubric_gap_message(records)
+    try:
+        check_rubric_fields(records)
+    except ScienceT2IError:
+        if not sciscore_runs:
+            raise
+        skipped = f"rubric judge not run: {gaps}"
+        logging.getLogger("science_t2i").warning("%s; SciScore still scores the run.", skipped)
+        return template, skipped
+    if gaps:
+        logging.getLogger("science_t2i").warning("%s; their images count as judge failures.",
+                                                 gaps)
+    return template, None
 
 
 def run_rubric_judge(args: argparse.Namespace, run_dir: Any, records: Any,

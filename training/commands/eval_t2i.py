@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                if args.dataset else None)
     # check both layouts (and the judge's inputs) before loading any model
     collect_generated(Path(args.run), records)
-    template = rubric_judge_template(args, records)
+    template, judge_skipped = rubric_judge_template(args, records)
     if args.base:
         collect_generated(Path(args.base), records)
     scorer = load_sciscore(args.model, device=args.device, dtype=args.dtype,
@@ -77,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
                           title, "mean SciScore") if charts else None
     data = {"run": str(args.run), "base": args.base, "model": str(args.model), "runs": runs,
             "relative_improvement": ri, "images": images}
-    if args.judge:
+    if judge_skipped:
+        data["rubric_skipped"] = judge_skipped
+        markdown += f"\n{judge_skipped}.\n"
+    elif args.judge:
         from ..eval.rubric_runs import rubric_markdown
         del scorer   # SciScore leaves before a local judge loads
         rubric = run_rubric_judge(args, args.run, records, template, out)

@@ -81,20 +81,16 @@ def check_output_dir(path: str | os.PathLike, setting: str) -> Path:
 
 
 def _probe_folder(path: Path, existing: Path, setting: str) -> None:
-    """Make and remove the first missing folder of ``path`` (or a file in ``path`` when it
-    exists): permission bits say nothing for root, nor for folders such as /proc whose
+    """Make and remove a folder in the nearest existing parent of ``path`` (or a file in
+    ``path`` when it exists): permission bits say nothing for root, nor for folders such as /proc whose
     entries no one can create."""
     try:
         if existing == path:
             fd, probe = tempfile.mkstemp(dir=path, prefix=".science_t2i-probe-")
             os.close(fd)
             os.unlink(probe)
-        else:
-            first = path
-            while first.parent != existing:
-                first = first.parent
-            first.mkdir()
-            first.rmdir()
+        else:   # a folder of its own: processes launched together probe at once
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".science_t2i-probe-"))
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full_error(exc, path, setting) from None

@@ -53,9 +53,12 @@ def bench_markdown(name: str, data: dict) -> str:
     lines = [f"## Science-T2I benchmark: {name}", ""]
     settings = data.get("generation")
     if settings:
-        lines += ["generation: " + ", ".join(f"{k} {v}" for k, v in settings.items()), ""]
+        lines += ["generation: " + ", ".join(f"{k} {v}" for k, v in settings.items()
+                                             if not isinstance(v, (dict, list))), ""]
     if data.get("rubric"):
         lines.append(rubric_markdown(data["rubric"]))
+    elif data.get("rubric_skipped"):
+        lines += [data["rubric_skipped"] + ".", ""]
     sci = data.get("sciscore")
     if sci:
         o = sci["overall"]

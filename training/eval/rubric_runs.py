@@ -24,15 +24,30 @@ from .science_t2i import KINDS, collect_generated
 KIND_NAMES = {"ip": "implicit", "ep": "explicit", "sp": "superficial"}
 
 
-def check_rubric_fields(records: Sequence[Any]) -> None:
-    """The rubric judge needs both fields on every record (the test sets have them)."""
+def rubric_gaps(records: Sequence[Any]) -> tuple[list[int], list[str]]:
+    """The records lacking a rubric field, and which of the two fields some record lacks."""
     lacking = [r.index for r in records if not (r.scene_scoring and r.real_scoring)]
-    if lacking:
-        raise ScienceT2IError(
-            f"{len(lacking)} of {len(records)} records (e.g. record {lacking[0]}) lack the "
-            "rubric fields scene_scoring and real_scoring that the rubric judge grades "
-            "against; use a Science-T2I test set (the trainset has none), or leave out "
-            "--judge to score with SciScore only.")
+    fields = [f for f in ("scene_scoring", "real_scoring")
+              if any(not getattr(r, f) for r in records)]
+    return lacking, fields
+
+
+def rubric_gap_message(records: Sequence[Any]) -> str | None:
+    """What the records lack for the rubric judge, or None when every record has both."""
+    lacking, fields = rubric_gaps(records)
+    if not lacking:
+        return None
+    return (f"{len(lacking)} of {len(records)} records (e.g. record {lacking[0]}) lack "
+            f"{' and '.join(fields)}, the rubric fields the judge grades against (a "
+            "Science-T2I test set has them, the trainset has none)")
+
+
+def check_rubric_fields(records: Sequence[Any]) -> None:
+    """Refuse records of which none has both rubric fields: there is nothing to judge."""
+    lacking, _ = rubric_gaps(records)
+    if records and len(lacking) == len(records):
+        raise ScienceT2IError(f"{rubric_gap_message(records)}; use a Science-T2I test set, "
+                              "or leave out --judge to score with SciScore only.")
 
 
 def _file_digest(path: Path) -> str:
@@ -62,6 +77,10 @@ def judge_run(run_dir: Path, records: Sequence[Any], backend: Any, *,
                     "error": "no record for this image (name it after the record index, or "
                              "give \"index\" in metadata.jsonl)"}
         rec = by_index[index]
+        if not (rec.scene_scoring and rec.real_scoring):   # counted, never silently skipped
+            return {"file": str(item["file"]), "kind": item["kind"], "score": None,
+                    "id": f"{item['kind']}/{Path(item['file']).name}", "index": index,
+                    "error": f"record {index} has no scene_scoring/real_scoring to judge by"}
         question = rubric_prompt(rec.implicit_prompts[0], rec.scene_scoring, rec.real_scoring,
                                  template)
         key = cache_key("rubric", index, item["kind"], _file_digest(item["file"]),

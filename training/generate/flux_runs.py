@@ -2,7 +2,8 @@
 implicit, explicit and superficial prompt of every record, k samples each with fixed seeds,
 into ``RUN/{ip,ep,sp}/<record index>_<k>.png``, the layout ``eval-t2i`` reads.
 
-Resumable: an image already on disk is kept (each is written to a temporary file and renamed,
+Several processes (``accelerate launch``, one per GPU) share the plan. Resumable: an image
+already on disk is kept (each is written to a temporary file and renamed,
 so a killed run leaves no half image). Seeds depend only on (seed, record, kind, sample), so a
 resumed or re-ordered run draws the same images.
 
@@ -27,7 +28,7 @@ from ..core.seeds import seed_for
 log = logging.getLogger(__name__)
 
 KIND_FIELDS = {"ip": "implicit_prompts", "ep": "explicit_prompts", "sp": "superficial_prompts"}
-_KIND_CODES = {"ip": 0, "ep": 1, "sp": 2}
+KIND_CODES = {"ip": 0, "ep": 1, "sp": 2}
 
 
 @dataclass(frozen=True)
@@ -75,39 +76,55 @@ def planned_images(records: Sequence[Any], samples: int) -> list[tuple[str, Any,
     return plan
 
 
-def load_flux_pipeline(path: str, device: Any, dtype: Any, lora: str | None = None) -> Any:
-    """A diffusers FluxPipeline (dev or schnell) from a folder or Hub id, with a LoRA."""
+def load_flux_pipeline(path: str, device: Any, dtype: Any, lora: str | None = None,
+                       base: str = "bf16") -> Any:
+    """A diffusers FluxPipeline (dev or schnell) from a folder or Hub id, with a LoRA, its
+    transformer quantized to ``base`` (as ``flux.quantize.resolve_base`` names it)."""
     from diffusers import FluxPipeline
 
     from ..flux.model import resolve_flux_dir
+    from ..flux.quantize import quantize_transformer
     folder = resolve_flux_dir(path)
     pipe = FluxPipeline.from_pretrained(str(folder), torch_dtype=dtype, use_safetensors=True)
     if lora:
         if not Path(lora).is_file():
             raise ScienceT2IError(f"--lora file not found: {lora}")
         pipe.load_lora_weights(str(lora))
+        if base != "bf16":
+            pipe.fuse_lora()            # into the full weights, before they are quantized
+            pipe.unload_lora_weights()
+    quantize_transformer(pipe.transformer, base)   # on the CPU, before the move
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
 def generate_run(pipe: Any, records: Sequence[Any], run_dir: str | Path,
-                 settings: GenerationSettings, batch_size: int = 1) -> dict:
-    """Generate what is missing of the run (see the module doc); returns counts."""
+                 settings: GenerationSettings, batch_size: int = 1,
+                 process: Any = None) -> dict:
+    """Generate what is missing of the run (see the module doc); returns the run's counts.
+    ``process`` (accelerate's PartialState of a multi-process launch): each process draws
+    every n-th image of the plan; the images do not depend on which process draws them."""
     import torch
     run_dir = Path(run_dir)
     plan = planned_images(records, settings.samples)
     todo = [p for p in plan if not (run_dir / p[0] / f"{p[1].index}_{p[2]}.png").is_file()]
+    counts = {"planned": len(plan), "generated": len(todo), "kept": len(plan) - len(todo)}
     for kind in KIND_FIELDS:
         (run_dir / kind).mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(run_dir / "generation.json",
-                       json.dumps(asdict(settings), indent=1).encode())
-    log.info("run %s: %d images planned, %d already there", run_dir, len(plan),
-             len(plan) - len(todo))
+    if process is not None:
+        process.wait_for_everyone()     # every process has listed the run before any writes
+        mine = set(map(id, plan[process.process_index::process.num_processes]))
+        todo = [p for p in todo if id(p) in mine]
+    if process is None or process.is_main_process:
+        write_bytes_atomic(run_dir / "generation.json",
+                           json.dumps(asdict(settings), indent=1).encode())
+    log.info("run %s: %d images planned, %d already there, %d drawn here", run_dir, len(plan),
+             counts["kept"], len(todo))
     with _comfy.Progress(len(todo), desc="generate") as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             generators = [torch.Generator().manual_seed(
-                seed_for(settings.seed, rec.index, _KIND_CODES[kind], k))
+                seed_for(settings.seed, rec.index, KIND_CODES[kind], k))
                 for kind, rec, k, _ in chunk]
             images = pipe([p for *_, p in chunk], height=settings.resolution,
                           width=settings.resolution, num_inference_steps=settings.steps,
@@ -120,4 +137,6 @@ def generate_run(pipe: Any, records: Sequence[Any], run_dir: str | Path,
                 write_bytes_atomic(run_dir / kind / f"{rec.index}_{k}.png", buffer.getvalue())
             bar.update(len(chunk))
             _comfy.check_interrupt()
-    return {"planned": len(plan), "generated": len(todo), "kept": len(plan) - len(todo)}
+    if process is not None:
+        process.wait_for_everyone()     # the whole run is on disk before anyone scores it
+    return counts
