@@ -244,14 +244,34 @@ def wrap_model(model: torch.nn.Module, load_device: torch.device,
     offload = offload if offload is not None else offload_device()
     if IN_COMFY and model_patcher is not None:
         holder = model if isinstance(model, ManagedModule) else ManagedModule(model)
-        return model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload)
+        return patcher_class()(holder, load_device=load_device, offload_device=offload)
     return StandaloneHolder(model, load_device, offload)
 
 
+def patcher_class() -> type:
+    """The patcher core uses for its own models. Newer cores point ``CoreModelPatcher`` at
+    their dynamic-VRAM patcher at start-up (so it is looked up at each call); one plain
+    ``ModelPatcher`` among dynamic ones switches model management to its static mode, which
+    can evict FLUX between sampling and scoring. Older cores have only ``ModelPatcher``."""
+    return getattr(model_patcher, "CoreModelPatcher", None) or model_patcher.ModelPatcher
+
+
+def is_dynamic(handle: Any) -> bool:
+    """Whether core manages this handle with dynamic VRAM (never standalone)."""
+    probe = getattr(handle, "is_dynamic", None)
+    return bool(probe()) if callable(probe) else False
+
+
 def load_to_device(handle: Any) -> None:
-    """Make sure the wrapped model sits on its load device (ComfyUI may free other models)."""
+    """Make sure the wrapped model sits on its load device (ComfyUI may free other models).
+    ``load_models_gpu`` is how core loads every patcher, dynamic ones included (they refuse
+    to be patched directly); very old cores had only ``load_model_gpu``."""
     if IN_COMFY and not isinstance(handle, StandaloneHolder):
-        model_management.load_model_gpu(handle)
+        load_many = getattr(model_management, "load_models_gpu", None)
+        if load_many is not None:
+            load_many([handle])
+        else:
+            model_management.load_model_gpu(handle)
     else:
         handle.model.to(handle.load_device)
 
@@ -396,9 +416,23 @@ def model_weight_shape(model: Any, name: str) -> tuple[int, ...] | None:
 
 
 def load_lora_for_models(model: Any, clip: Any, lora: dict, strength_model: float,
-                         strength_clip: float) -> tuple[Any, Any]:
+                         strength_clip: float, metadata: dict | None = None) -> tuple[Any, Any]:
+    """Core's LoRA patching; the file's metadata goes along where core takes it (newer cores
+    attach it to the patched model as core's own LoRA loader does)."""
     require_comfy("applying a LoRA to a MODEL")
-    return comfy_sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+    fn = comfy_sd.load_lora_for_models
+    if metadata is not None and _accepts(fn, "lora_metadata"):
+        return fn(model, clip, lora, strength_model, strength_clip, lora_metadata=metadata)
+    return fn(model, clip, lora, strength_model, strength_clip)
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def require_comfy(what: str) -> None:

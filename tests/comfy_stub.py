@@ -21,8 +21,11 @@ class InterruptProcessingException(Exception):
     pass
 
 
-def install_comfy_stub(models_dir: Path) -> types.SimpleNamespace:
-    state = types.SimpleNamespace(loaded=[], progress=[], interrupt=False, lora_calls=[])
+def install_comfy_stub(models_dir: Path, newer: bool = False) -> types.SimpleNamespace:
+    """``newer``: also what later cores added (``load_models_gpu``, the dynamic-VRAM patcher
+    behind ``CoreModelPatcher``, LoRA metadata passed to ``load_lora_for_models``)."""
+    state = types.SimpleNamespace(loaded=[], progress=[], interrupt=False, lora_calls=[],
+                                  loaded_many=[])
 
     fp = types.ModuleType("folder_paths")
     fp.models_dir = str(models_dir)
@@ -120,6 +123,22 @@ def install_comfy_stub(models_dir: Path) -> types.SimpleNamespace:
             return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     mp.ModelPatcher = ModelPatcher
+    if newer:
+        class ModelPatcherDynamic(ModelPatcher):
+            def is_dynamic(self):
+                return True
+
+            def patch_model(self, *args, **kwargs):   # core: use load_models_gpu instead
+                raise AssertionError("a dynamic patcher is loaded through load_models_gpu")
+
+        def load_models_gpu(patchers, **kwargs):
+            state.loaded_many.append(list(patchers))
+            for patcher in patchers:
+                load_model_gpu(patcher)
+
+        mp.ModelPatcherDynamic = ModelPatcherDynamic
+        mp.CoreModelPatcher = ModelPatcherDynamic   # what core's main.py sets at start-up
+        mm.load_models_gpu = load_models_gpu
 
     sd = types.ModuleType("comfy.sd")
     lora = types.ModuleType("comfy.lora")
@@ -137,8 +156,15 @@ def install_comfy_stub(models_dir: Path) -> types.SimpleNamespace:
             new.add_patches({k: v for k, v in lora_sd.items()}, strength_model)
         return new, clip
 
+    def load_lora_for_models_with_metadata(model, clip, lora_sd, strength_model, strength_clip,
+                                           lora_metadata=None):
+        new, clip = load_lora_for_models(model, clip, lora_sd, strength_model, strength_clip)
+        if new is not None and lora_metadata is not None:
+            new.attachments = {"lora_metadata": lora_metadata}   # core's set_attachments
+        return new, clip
+
     lora.model_lora_keys_unet = model_lora_keys_unet
-    sd.load_lora_for_models = load_lora_for_models
+    sd.load_lora_for_models = load_lora_for_models_with_metadata if newer else load_lora_for_models
 
     comfy.model_management, comfy.utils, comfy.model_patcher = mm, utils, mp
     comfy.sd, comfy.lora = sd, lora

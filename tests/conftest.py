@@ -28,10 +28,20 @@ def models_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def comfy(tmp_path):
     """Run with stub ComfyUI modules installed (folder_paths, comfy.model_management, ...)."""
+    yield from _stub(tmp_path, newer=False)
+
+
+@pytest.fixture
+def comfy_newer(tmp_path):
+    """The stub with what later cores added (dynamic VRAM patcher, LoRA metadata)."""
+    yield from _stub(tmp_path, newer=True)
+
+
+def _stub(tmp_path, newer):
     from comfy_stub import install_comfy_stub, uninstall_comfy_stub
     d = tmp_path / "comfy_models"
     d.mkdir()
-    state = install_comfy_stub(d)
+    state = install_comfy_stub(d, newer=newer)
     state.models_dir = d
     yield state
     uninstall_comfy_stub()

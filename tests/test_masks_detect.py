@@ -103,7 +103,7 @@ def test_grey_and_alpha_images_detect_as_rgb(model, images):
 def test_subject_mask_node_end_to_end(model, images):
     node = mask_nodes.SubjectMaskNode()
     out = node.run(model, images, "apple", 0.35, 0.25, "merge", 0, 0)
-    mask, boxes_json, preview = out["result"]
+    mask, boxes_json, preview, bounding = out["result"]
     assert mask.shape == (3, H, W) and mask.dtype == torch.float32
     assert preview.shape == (3, H, W, 3) and 0 <= preview.min() and preview.max() <= 1
     info = json.loads(boxes_json)
@@ -114,6 +114,13 @@ def test_subject_mask_node_end_to_end(model, images):
         box, fb = masks.subject_boxes(det, W, H, "merge")
         assert fb == item["no_detection"]
         assert torch.allclose(torch.tensor(item["mask_boxes"]), box, atol=0.02)
+        # core's BOUNDING_BOX: per image, each detection as top-left corner and size in pixels
+        assert len(bounding[i]) == len(item["detections"])
+        for b, d in zip(bounding[i], item["detections"]):
+            x0, y0, x1, y1 = d["box"]
+            assert (b["x"], b["y"], b["width"], b["height"]) == pytest.approx(
+                (x0, y0, x1 - x0, y1 - y0), abs=0.01)
+            assert b["score"] == pytest.approx(d["score"], abs=1e-4) and b["label"] == d["phrase"]
         x0, y0, x1, y1 = item["mask_boxes"][0]
         assert mask[i].sum() == pytest.approx(
             masks.boxes_to_mask(torch.tensor([[x0, y0, x1, y1]]), H, W).sum(), abs=2 * (W + H))

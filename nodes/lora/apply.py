@@ -100,5 +100,6 @@ def apply_lora(model: Any, lora: LoraFile, strength: float) -> tuple[Any, str]:
         return model, report
     keep = {f"{m}.{s}" for m in match.matched_modules for s in ("lora_A.weight", "lora_B.weight", "alpha")}
     patch = {k: v for k, v in lora.tensors.items() if k in keep}
-    new_model, _ = _comfy.load_lora_for_models(model, None, patch, strength, 0.0)
+    new_model, _ = _comfy.load_lora_for_models(model, None, patch, strength, 0.0,
+                                               metadata=lora.metadata or None)
     return new_model, report

@@ -1,6 +1,7 @@
 """The Science LoRA Loader node."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from .. import _comfy
@@ -13,11 +14,15 @@ def lora_names() -> list[str]:
     return _comfy.list_models("loras", extensions=(".safetensors",), include_dirs=False)
 
 
+@functools.lru_cache(maxsize=4)
+def _read_cached(path: str, mtime_ns: int, size: int) -> LoraFile:
+    # keyed by the file's stamp, so a LoRA rewritten in place is read again; module-level
+    # because node instances hold no state (V3 nodes cannot, and core may make new ones)
+    return read_lora(path)
+
+
 class LoraLoaderNode:
     """MODEL + FLUX LoRA (any key format) -> patched MODEL and a report of what matched."""
-
-    def __init__(self) -> None:
-        self._cache: tuple[tuple[str, float], LoraFile] | None = None
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -40,13 +45,8 @@ class LoraLoaderNode:
         if path is None:
             raise ScienceT2IError(
                 f"LoRA {lora_name!r} not found in {[str(p) for p in _comfy.folder_paths_for('loras')]}.")
-        stamp = (str(path), path.stat().st_mtime)
-        if self._cache is not None and self._cache[0] == stamp:
-            lora = self._cache[1]
-        else:
-            lora = read_lora(path)
-            self._cache = (stamp, lora)
-        return apply_lora(model, lora, strength)
+        st = path.stat()
+        return apply_lora(model, _read_cached(str(path), st.st_mtime_ns, st.st_size), strength)
 
 
 NODE_CLASS_MAPPINGS = {"ScienceT2I_LoraLoader": LoraLoaderNode}

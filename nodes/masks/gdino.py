@@ -50,6 +50,13 @@ class Detection:
         return [{"box": [round(v, 2) for v in b], "score": round(float(s), 4), "phrase": p}
                 for b, s, p in zip(self.boxes.tolist(), self.scores.tolist(), self.phrases)]
 
+    def bounding_boxes(self) -> list[dict[str, Any]]:
+        """Core's BOUNDING_BOX values for this image: one {x, y, width, height} in pixels per
+        detection (top-left corner), with its score and phrase, as core's detectors give."""
+        return [{"x": b[0], "y": b[1], "width": b[2] - b[0], "height": b[3] - b[1],
+                 "score": float(s), "label": p}
+                for b, s, p in zip(self.boxes.tolist(), self.scores.tolist(), self.phrases)]
+
 
 def prepare_caption(text: str) -> str:
     """GroundingDINO's caption convention: lower case, phrases separated and ended by ' .'

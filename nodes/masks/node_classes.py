@@ -58,8 +58,10 @@ class SubjectMaskNode:
             "feather": ("INT", {"default": 0, "min": 0, "max": 1024}),
         }}
 
-    RETURN_TYPES = ("MASK", "STRING", "IMAGE")
-    RETURN_NAMES = ("mask", "boxes_json", "preview")
+    # BOUNDING_BOX: core's box type (its detection nodes' layout: per image, a list of
+    # {x, y, width, height} in pixels); on a core without it the socket just has no takers
+    RETURN_TYPES = ("MASK", "STRING", "IMAGE", "BOUNDING_BOX")
+    RETURN_NAMES = ("mask", "boxes_json", "preview", "boxes")
     FUNCTION = "run"
     CATEGORY = "Science-T2I/Masks"
 
@@ -72,7 +74,8 @@ class SubjectMaskNode:
         found = sum(not f for f in result.fallback)
         summary = f"{found}/{len(result.fallback)} image(s) with '{subject}' detected"
         return {"ui": {"text": [summary]},
-                "result": (result.mask, result.to_json(mode), draw_preview(image, result))}
+                "result": (result.mask, result.to_json(mode), draw_preview(image, result),
+                           [d.bounding_boxes() for d in result.detections])}
 
 
 class MaskToLatentMaskNode:

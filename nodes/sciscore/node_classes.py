@@ -2,7 +2,8 @@
 
 Thin adapters: sockets -> the engine. Scores leave the nodes as lists of FLOAT
 (OUTPUT_IS_LIST), one value per image, so downstream FLOAT inputs see every image's score;
-a STRING summary is shown in the node itself via the "ui" text."""
+the "ui" dict carries a STRING summary and the per-image scores, which the pack's frontend
+extension (web/) shows on the node and as badges on previewed images."""
 from __future__ import annotations
 
 import logging
@@ -100,7 +101,8 @@ class SciScoreNode:
         prompts = parse_prompts(prompt, count_images(images), split_lines=True)
         scores = model.score(images, prompts)
         summary = "\n".join(_summary_lines(scores, prompts) + model.truncation_lines(prompts))
-        return {"ui": {"text": [summary]}, "result": (scores.tolist(), summary)}
+        return {"ui": {"text": [summary], "scores": scores.tolist()},
+                "result": (scores.tolist(), summary)}
 
 
 class SciScoreRankNode:
@@ -130,7 +132,8 @@ class SciScoreRankNode:
         batch = images if images.dim() == 4 else images.unsqueeze(0)
         summary = "\n".join(_summary_lines(scores, prompts)[:len(keep)]
                              + model.truncation_lines(prompts))
-        return {"ui": {"text": [summary]},
+        # "scores": the kept images' scores in their new order, for the frontend's badges
+        return {"ui": {"text": [summary], "scores": scores[keep].tolist()},
                 "result": (batch[keep], scores[keep].tolist(), keep, summary)}
 
 
@@ -281,7 +284,7 @@ class SaveScoredImagesNode:
                       "subfolder": p.parent.relative_to(out_dir.resolve()).as_posix()
                       if p.parent != out_dir.resolve() else ""} for p in paths]
         text = "\n".join(f"{p.name}: {s:.3f}" for p, s in zip(paths, scores))
-        return {"ui": {"images": ui_images, "text": [text]}}
+        return {"ui": {"images": ui_images, "text": [text], "scores": scores}}
 
 
 class NormalizedDifferenceNode:
