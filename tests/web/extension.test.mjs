@@ -56,10 +56,18 @@ test("a pack node shows its summary read-only, unsaved, and badges its images", 
   node.imgs = [{ naturalWidth: 100, naturalHeight: 100 }, { naturalWidth: 100, naturalHeight: 100 }];
   node.imageRects = [[0, 50, 200, 200], [200, 50, 200, 200]];
   node.imageIndex = null;
+  const drawn = [];
+  node.widgets.push({ name: "$$canvas-image-preview", y: 50,
+                      drawWidget(ctx) { drawn.push("images"); ctx.texts.push({ t: "images" }); } });
   const ctx = fakeCtx();
-  node.onDrawForeground(ctx);
-  assert.deepEqual(ctx.texts.map((t) => t.t), ["SciScore 2.00  #2", "SciScore 3.00  #1"]);
-  assert.equal(ctx.texts[1].x, 209);                  // inside the second cell
+  node.onDrawForeground(ctx);          // the frontend: foreground first ...
+  assert.deepEqual(ctx.texts, []);
+  node.widgets.at(-1).drawWidget(ctx); // ... then the widgets: the badges go over the images
+  assert.deepEqual(ctx.texts.map((t) => t.t), ["images", "SciScore 2.00  #2", "SciScore 3.00  #1"]);
+  assert.equal(ctx.texts[2].x, 209);                  // inside the second cell
+  node.onDrawForeground(ctx);          // the next frame does not hook the widget again
+  node.widgets.at(-1).drawWidget(ctx);
+  assert.equal(ctx.texts.length, 6);
 });
 
 test("a core preview fed by a scoring pack node is badged; other nodes are untouched", async () => {
@@ -74,12 +82,16 @@ test("a core preview fed by a scoring pack node is badged; other nodes are untou
   app.graph = { links: { 3: { origin_id: 9 } }, getNodeById: () => rank };
   const preview = Object.assign(new Preview(), {
     size: [300, 400], inputs: [{ type: "IMAGE", link: 3 }],
-    widgets: [{ name: "$$canvas-image-preview", y: 40 }],
+    widgets: [{ name: "$$canvas-image-preview", y: 40, draw() {} }],
     imgs: [{ naturalWidth: 600, naturalHeight: 300 }], imageIndex: 0,
   });
   preview.onExecuted({ images: [{}] });          // core's own message: no summary box added
   assert.equal(preview.widgets.length, 1);
   const ctx = fakeCtx();
   preview.onDrawForeground(ctx);
+  preview.widgets[0].draw(ctx);
   assert.deepEqual(ctx.texts.map((t) => t.t), ["SciScore 5.50  #1"]);
+  // 600 x 300 fitted into 300 x (400 - 40 - 15): 300 x 150, centred; the badge at its corner
+  assert.equal(ctx.texts[0].x, 9);
+  assert.equal(ctx.texts[0].y, 40 + (345 - 150) / 2 + 19);
 });

@@ -6,8 +6,8 @@
 import { app } from "../../../scripts/app.js";
 import { ComfyWidgets } from "../../../scripts/widgets.js";
 import {
-  PREVIEW_WIDGET, SUMMARY_WIDGET, badgeLabels, badgesForBoxes, imageBoxes, isPackNode,
-  scoresOf, summaryText, upstreamScores,
+  PREVIEW_WIDGET, SUMMARY_WIDGET, afterDraw, badgeLabels, badgesForBoxes, imageBoxes,
+  isPackNode, scoresOf, summaryText, upstreamScores,
 } from "./summary.js";
 
 const PREVIEW_NODES = new Set(["PreviewImage", "SaveImage"]);
@@ -27,18 +27,25 @@ function showSummary(node, text) {
   node.setDirtyCanvas?.(true, true);
 }
 
+function sizeCaptionHeight() {
+  // the preview writes "W × H" under a single image unless the user switched it off
+  const shown = app.extensionManager?.setting?.get?.("Comfy.Node.AllowImageSizeDraw");
+  return shown === false ? 0 : 15;
+}
+
 function drawBadges(node, ctx, scores) {
   if (!scores || !node.imgs?.length) return;
   const preview = node.widgets?.find((w) => w.name === PREVIEW_WIDGET);
   const boxes = imageBoxes({
     nodeWidth: node.size[0], nodeHeight: node.size[1], shiftY: preview?.y ?? 0,
-    imageRects: node.imageRects, imageIndex: node.imageIndex,
+    textHeight: sizeCaptionHeight(), imageRects: node.imageRects, imageIndex: node.imageIndex,
     sizes: node.imgs.map((img) => ({ w: img.naturalWidth, h: img.naturalHeight })),
   });
   const label = node.scienceScoreLabel ?? "SciScore";
   const badges = badgesForBoxes(badgeLabels(scores, label), boxes, node.imageIndex);
   ctx.save();
   ctx.font = "bold 13px sans-serif";
+  ctx.textAlign = "left";
   for (const { box, text } of badges) {
     const w = ctx.measureText(text).width + 10;
     ctx.fillStyle = "rgba(0, 0, 0, 0.7)";
@@ -62,11 +69,15 @@ app.registerExtension({
       const text = summaryText(message);
       if (text) showSummary(this, text);
     };
+    // the foreground is drawn before the widgets: hook the image preview widget (made when
+    // images arrive) so the badges go on top of its images
     const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
+    nodeType.prototype.onDrawForeground = function () {
       onDrawForeground?.apply(this, arguments);
-      const scores = pack ? this.scienceScores : upstreamScores(this, app.graph);
-      drawBadges(this, ctx, scores);
+      const preview = this.widgets?.find((w) => w.name === PREVIEW_WIDGET);
+      afterDraw(preview, (ctx) => {
+        drawBadges(this, ctx, pack ? this.scienceScores : upstreamScores(this, app.graph));
+      });
     };
   },
 });

@@ -38,21 +38,45 @@ export function badgeLabels(scores, label = "SciScore", digits = 2) {
 }
 
 // Where each previewed image lies on the node, in node coordinates, as the frontend's
-// image-preview widget draws it: a grid of cells (imageRects) when several images are
-// shown at once, else one image scaled to fit below the widget's top (shiftY) and centred.
-export function imageBoxes({ nodeWidth, nodeHeight, shiftY = 0, imageRects = null,
-                             imageIndex = null, sizes = [] }) {
+// image-preview widget draws it: several images at once fill grid cells (imageRects), each
+// image fitted and centred in its cell; one image is scaled to fit between the widget's top
+// (shiftY) and the size caption (textHeight), never enlarged, and centred.
+export function imageBoxes({ nodeWidth, nodeHeight, shiftY = 0, textHeight = 0,
+                             imageRects = null, imageIndex = null, sizes = [] }) {
+  const fit = (x, y, w, h, size) => {
+    if (!size || !(size.w > 0 && size.h > 0)) return { x, y, w, h };
+    const r = Math.min(w / size.w, h / size.h);
+    return { x: x + (w - size.w * r) / 2, y: y + (h - size.h * r) / 2, w: size.w * r, h: size.h * r };
+  };
   if (Array.isArray(imageRects) && imageRects.length && imageIndex == null) {
-    return imageRects.map(([x, y, w, h]) => ({ x, y, w, h }));
+    return imageRects.map(([x, y, w, h], i) => fit(x, y, w, h, sizes[i]));
   }
   const size = sizes[imageIndex ?? 0];
   if (!size || !(size.w > 0 && size.h > 0)) return [];
   const dw = nodeWidth;
-  const dh = nodeHeight - shiftY;
+  const dh = nodeHeight - shiftY - textHeight;
   const scale = Math.min(dw / size.w, dh / size.h, 1);
   const w = size.w * scale;
   const h = size.h * scale;
   return [{ x: (dw - w) / 2, y: (dh - h) / 2 + shiftY, w, h }];
+}
+
+// Run ``after(ctx)`` each time ``widget`` has drawn itself (once wrapped, never twice). The
+// frontend draws a node's foreground before its widgets, so a badge drawn there would be
+// painted over by the preview widget's images; its draw method is "drawWidget" in frontends
+// built on BaseWidget and "draw" in older ones.
+export function afterDraw(widget, after) {
+  if (!widget || widget.scienceAfterDraw) return false;
+  const name = ["drawWidget", "draw"].find((n) => typeof widget[n] === "function");
+  if (!name) return false;
+  const original = widget[name];
+  widget[name] = function (ctx, ...rest) {
+    const result = original.call(this, ctx, ...rest);
+    after(ctx);
+    return result;
+  };
+  widget.scienceAfterDraw = true;
+  return true;
 }
 
 // Which badge goes in which box: every image's badge in a grid, the shown image's alone.
