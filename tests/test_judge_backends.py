@@ -613,3 +613,33 @@ def test_eval_reward_judge_end_to_end_through_both_backends(backend, vlm_server,
     # each record asked in both orders; unreadable replies are listed, never guessed
     assert len(table["unparseable"]) <= 4
     assert 0.0 <= table["overall"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("backend", ["local", "openai"])
+def test_synth_data_end_to_end_through_both_backends(backend, vlm_server, vlms, tmp_path,
+                                                     short_replies, capsys):
+    """synth-data on a folder of images with a real judge: every image is asked, verdicts
+    are counted (a random model mostly answers nonsense, which drops its image with the
+    reason), what passes is exported, and a re-run asks nothing again."""
+    from science_t2i.training.cli import main
+    data, gen = _scigen_bench(tmp_path)
+    model, base_url = vlm_server
+    judge = ["--judge", f"local:{vlms['qwen2_vl']}"] if backend == "local" else \
+        ["--judge", f"openai:{model}", "--base-url", base_url]
+    out = tmp_path / "synth"
+    args = ["synth-data", "--records", str(data), "--images", str(gen), *judge,
+            "--workers", "2", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "synth_report.json").read_text())
+    assert report["generated"] == 2 and report["rows"] == report["kept"]   # one question each
+    dropped = {d["id"]: d["reason"] for d in report["dropped"]}
+    assert len(dropped) == 2 - report["kept"]
+    assert all(r.startswith("inverse quiz: 0 of 1") for r in dropped.values())
+    if report["kept"]:
+        from datasets import load_from_disk
+        assert len(load_from_disk(str(out / "dataset"))) == report["rows"]
+    replies = len((out / "judge_cache.jsonl").read_text().splitlines())
+    assert replies == 2
+    capsys.readouterr()
+    assert main(args) == 0                                   # resumed: all from the cache
+    assert len((out / "judge_cache.jsonl").read_text().splitlines()) == replies

@@ -17,7 +17,7 @@ from .core.preflight import disk_full_error, is_disk_full
 
 # Subcommand modules, in help order.
 COMMANDS: list[str] = ["score", "eval_reward", "eval_t2i", "bench", "eval_scigen", "imgcoder",
-                       "validate_workflow", "sft", "train_sciscore", "stage2"]
+                       "synth_data", "validate_workflow", "sft", "train_sciscore", "stage2"]
 
 # Loggers of optional libraries whose import-time noise says nothing about the run:
 # bitsandbytes, on CPUs with AVX512-BF16, tries to fetch an optional kernel from the Hub at

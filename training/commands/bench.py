@@ -11,7 +11,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ...nodes.sciscore import DEFAULT_SCISCORE
-    from ..flux.quantize import BASES
+    from ._generator_args import add_comfy_args, add_flux_args
     from ._model_args import add_rubric_judge_args
     p = subparsers.add_parser(
         "bench", help="the Science-T2I benchmark: generate, judge by rubric, score out of 100",
@@ -27,14 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="science_t2i_bench", help="output folder")
     p.add_argument("--name", default=None, help="the run's name in the leaderboard")
     g = p.add_argument_group("generation (one of --flux, --comfy, --images)")
-    g.add_argument("--flux", default=None, metavar="PATH",
-                   help="a diffusers FLUX.1 folder or Hub id (dev or schnell)")
-    g.add_argument("--lora", default=None, help="a FLUX LoRA file to apply (--flux)")
-    g.add_argument("--base", default="bf16", choices=BASES,
-                   help="--flux transformer precision: bf16, or quantized with torchao "
-                        "(8bit = fp8 on fp8 hardware, else int8)")
-    g.add_argument("--comfy", nargs="+", default=None, metavar="URL",
-                   help="ComfyUI servers (http://HOST:PORT) running --workflow, in parallel")
+    add_flux_args(g)
     g.add_argument("--images", default=None, metavar="RUN",
                    help="images already made (RUN/{ip,ep,sp}/<record>_<k>.png) instead")
     g.add_argument("--preset", default="reference", choices=["reference", "pack"],
@@ -47,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--generate-only", action="store_true",
                    help="stop after generating (score the folder later with --images)")
-    _add_comfy_args(p)
+    add_comfy_args(p)
     s = p.add_argument_group("scoring")
     s.add_argument("--model", default=DEFAULT_SCISCORE, help="SciScore checkpoint")
     s.add_argument("--no-sciscore", action="store_true", help="the rubric judge only")
@@ -56,28 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", nargs="*", default=[], metavar="OUT",
                    help="--out folders of earlier runs for the leaderboard")
     p.set_defaults(func=run)
-
-
-def _add_comfy_args(p: argparse.ArgumentParser) -> None:
-    from ..generate.comfy_runs import DEFAULT_NODES
-    c = p.add_argument_group(
-        "ComfyUI generation (--comfy)",
-        "The workflow holds the model, LoRAs and sampler settings; bench writes each image's "
-        "prompt, seed and (with --resolution) size into the nodes named here, by id or title, "
-        "optionally as NODE.INPUT.")
-    c.add_argument("--workflow", default=None, metavar="API.json",
-                   help="an API-format workflow (default: the pack's "
-                        "workflows/api/bench_generate.json, FLUX.1-schnell at 4 steps)")
-    for role, help_text in (("prompt", "the positive text encoder"),
-                            ("seed", "the sampler (seed or noise_seed)"),
-                            ("size", "the empty-latent node (width, height; batch_size set "
-                                     "to 1); without it the workflow's size is kept"),
-                            ("output", "the SaveImage node whose image is benchmarked; needed "
-                                       "only when the graph saves several")):
-        c.add_argument(f"--{role}-node", default=None, metavar="NODE",
-                       help=f"{help_text} (default: the node titled {DEFAULT_NODES[role]!r})")
-    c.add_argument("--comfy-timeout", type=float, default=1800.0,
-                   help="seconds one image may take on a server before it is given up")
 
 
 def _sources(args: argparse.Namespace) -> str:
@@ -153,28 +124,15 @@ def _generate_flux(args, records, run_dir, data) -> bool:
     """Generate with the FLUX pipeline; under ``accelerate launch`` each process draws its
     share. False in the processes other than the main one (they stop after generating)."""
     import gc
-    import os
     from dataclasses import asdict
 
-    import torch
-
-    from ...nodes import _comfy
-    from ..flux.quantize import resolve_base
-    from ..generate.flux_runs import generate_run, load_flux_pipeline, settings_for
+    from ..generate.flux_runs import generate_run, settings_for
+    from ._generator_args import flux_setup
     settings = settings_for(args.preset, steps=args.steps, resolution=args.resolution,
                             guidance=args.guidance,
                             max_sequence_length=args.max_sequence_length,
                             samples=args.samples, seed=args.seed)
-    process = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-        process = PartialState()
-        device = process.device
-    else:
-        device = _comfy.torch_device() if args.device == "auto" else torch.device(args.device)
-    base = resolve_base(args.base, device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    pipe = load_flux_pipeline(args.flux, device, dtype, args.lora, base=base)
+    pipe, base, process = flux_setup(args)
     data["generation"] = {**asdict(settings), "base": base, "lora": args.lora,
                           "processes": process.num_processes if process else 1}
     data["generated"] = generate_run(pipe, records, run_dir, settings, process=process)
@@ -185,21 +143,13 @@ def _generate_flux(args, records, run_dir, data) -> bool:
 
 def _generate_comfy(args, records, run_dir, data) -> None:
     from ...nodes.errors import ScienceT2IError
-    from ..comfy.client import ComfyClient, load_api_workflow
-    from ..generate.comfy_runs import generate_comfy_run, workflow_slots
+    from ..generate.comfy_runs import generate_comfy_run
+    from ._generator_args import comfy_setup
     for flag in ("steps", "guidance", "max_sequence_length"):
         if getattr(args, flag) is not None:
             raise ScienceT2IError(f"--{flag.replace('_', '-')} is the workflow's own with "
                                   "--comfy: set it in the workflow's nodes.")
-    workflow = Path(args.workflow) if args.workflow else \
-        Path(__file__).resolve().parents[2] / "workflows" / "api" / "bench_generate.json"
-    graph = load_api_workflow(workflow)
-    slots = workflow_slots(graph, args.prompt_node, args.seed_node, args.size_node,
-                           args.output_node)
-    if args.resolution is not None and slots.size is None:
-        raise ScienceT2IError("--resolution needs the workflow's empty-latent node: name it "
-                              "with --size-node.")
-    client = ComfyClient(args.comfy, timeout=args.comfy_timeout)
+    client, graph, slots, workflow = comfy_setup(args, args.resolution)
     data["generation"] = {"comfyui": [s.url for s in client.servers], "workflow": str(workflow),
                           "resolution": args.resolution or "the workflow's",
                           "samples": args.samples or 1, "seed": args.seed or 0}

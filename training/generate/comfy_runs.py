@@ -125,24 +125,31 @@ def generate_comfy_run(client: ComfyClient, graph: dict, slots: WorkflowSlots,
     write_bytes_atomic(run_dir / "generation.json", json.dumps(about, indent=1).encode())
     log.info("run %s: %d images planned, %d already there, on %d ComfyUI server(s)", run_dir,
              len(plan), len(plan) - len(todo), len(client.servers))
+    draw_comfy_images(client, graph, slots, [
+        (run_dir / kind / f"{rec.index}_{k}.png", prompt,
+         seed_for(seed, rec.index, KIND_CODES[kind], k)) for kind, rec, k, prompt in todo], size)
+    return {"planned": len(plan), "generated": len(todo), "kept": len(plan) - len(todo)}
 
-    def run_one(server: ComfyServer, item: tuple) -> Path:
-        kind, rec, k, prompt = item
-        g = fill_graph(graph, slots, prompt, seed_for(seed, rec.index, KIND_CODES[kind], k), size)
-        outputs = client.wait(server, client.submit(server, g))
+
+def draw_comfy_images(client: ComfyClient, graph: dict, slots: WorkflowSlots,
+                      jobs: Sequence[tuple[Path, str, int]], size: int | None = None) -> None:
+    """Each (target file, prompt, seed) drawn by the workflow on whichever server is free;
+    the server's PNG written atomically as it arrives."""
+    def run_one(server: ComfyServer, job: tuple) -> Path:
+        target, prompt, seed = job
+        outputs = client.wait(server, client.submit(server, fill_graph(graph, slots, prompt,
+                                                                      seed, size)))
         refs = outputs.get(slots.output, {}).get("images", [])
         if len(refs) != 1:
             raise ServerFailed(
                 f"{server.url}: the output node {slots.output} gave {len(refs)} images for one "
                 "prompt; the benchmark needs one (name the empty-latent node with --size-node "
                 "so its batch_size is set to 1).")
-        target = run_dir / kind / f"{rec.index}_{k}.png"
         write_bytes_atomic(target, _as_png(client.fetch_file(server, refs[0])))
         return target
 
-    with _comfy.Progress(len(todo), desc="generate (ComfyUI)") as bar:
-        client.run_all(todo, run_one, lambda *_: bar.update(1), what="images")
-    return {"planned": len(plan), "generated": len(todo), "kept": len(plan) - len(todo)}
+    with _comfy.Progress(len(jobs), desc="generate (ComfyUI)") as bar:
+        client.run_all(list(jobs), run_one, lambda *_: bar.update(1), what="images")
 
 
 def _as_png(raw: bytes) -> bytes:

@@ -98,13 +98,33 @@ def load_flux_pipeline(path: str, device: Any, dtype: Any, lora: str | None = No
     return pipe.to(device)
 
 
+def draw_images(pipe: Any, jobs: Sequence[tuple[Path, str, int]],
+                settings: GenerationSettings, batch_size: int = 1) -> None:
+    """Draw each (target file, prompt, seed) with the pipeline, written atomically as PNG."""
+    import torch
+    with _comfy.Progress(len(jobs), desc="generate") as bar:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            images = pipe([prompt for _, prompt, _ in chunk], height=settings.resolution,
+                          width=settings.resolution, num_inference_steps=settings.steps,
+                          guidance_scale=settings.guidance,
+                          max_sequence_length=settings.max_sequence_length,
+                          generator=[torch.Generator().manual_seed(seed)
+                                     for _, _, seed in chunk]).images
+            for (target, _, _), image in zip(chunk, images):
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                write_bytes_atomic(target, buffer.getvalue())
+            bar.update(len(chunk))
+            _comfy.check_interrupt()
+
+
 def generate_run(pipe: Any, records: Sequence[Any], run_dir: str | Path,
                  settings: GenerationSettings, batch_size: int = 1,
                  process: Any = None) -> dict:
     """Generate what is missing of the run (see the module doc); returns the run's counts.
     ``process`` (accelerate's PartialState of a multi-process launch): each process draws
     every n-th image of the plan; the images do not depend on which process draws them."""
-    import torch
     run_dir = Path(run_dir)
     plan = planned_images(records, settings.samples)
     todo = [p for p in plan if not (run_dir / p[0] / f"{p[1].index}_{p[2]}.png").is_file()]
@@ -120,23 +140,9 @@ def generate_run(pipe: Any, records: Sequence[Any], run_dir: str | Path,
                            json.dumps(asdict(settings), indent=1).encode())
     log.info("run %s: %d images planned, %d already there, %d drawn here", run_dir, len(plan),
              counts["kept"], len(todo))
-    with _comfy.Progress(len(todo), desc="generate") as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            generators = [torch.Generator().manual_seed(
-                seed_for(settings.seed, rec.index, KIND_CODES[kind], k))
-                for kind, rec, k, _ in chunk]
-            images = pipe([p for *_, p in chunk], height=settings.resolution,
-                          width=settings.resolution, num_inference_steps=settings.steps,
-                          guidance_scale=settings.guidance,
-                          max_sequence_length=settings.max_sequence_length,
-                          generator=generators).images
-            for (kind, rec, k, _), image in zip(chunk, images):
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-                write_bytes_atomic(run_dir / kind / f"{rec.index}_{k}.png", buffer.getvalue())
-            bar.update(len(chunk))
-            _comfy.check_interrupt()
+    draw_images(pipe, [(run_dir / kind / f"{rec.index}_{k}.png", prompt,
+                        seed_for(settings.seed, rec.index, KIND_CODES[kind], k))
+                       for kind, rec, k, prompt in todo], settings, batch_size)
     if process is not None:
         process.wait_for_everyone()     # the whole run is on disk before anyone scores it
     return counts
