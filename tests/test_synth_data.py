@@ -228,3 +228,30 @@ def test_synth_data_command_refuses_bad_input_before_any_work(tmp_path, capsys):
                  str(tmp_path), "--judge", "openai:m", "--out", str(tmp_path / "o")]) == 2
     assert "has no quiz" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_judge_rubric_floor_uses_the_mean_of_the_five_scores(bench, tmp_path):
+    """--min-judge: the judge also rates each image 0-2 on SciGenBench's five dimensions;
+    images whose mean is below the floor go (means by hand: p0 1.6, p1 1.2)."""
+    from science_t2i.nodes.judges import SCORE_KEYS
+    records, folder = bench
+    ratings = {"A": [2, 2, 1, 2, 1], "B": [1, 1, 1, 2, 1]}       # red discs, green discs
+
+    class RatingJudge(DiscJudge):
+        def generate(self, parts, **kw):
+            if SCORE_KEYS[0] in parts[1]:
+                rgb = parts[0].convert("RGB").getpixel((32, 32))
+                letter = "A" if rgb[0] > rgb[1] else "B"
+                return json.dumps(dict(zip(SCORE_KEYS, ratings[letter])))
+            return super().generate(parts, **kw)
+
+    drawn = draw_records(records, tmp_path / "o", "folder", folder)
+    for floor, kept in ((1.5, ["p0"]), (1.2, ["p0", "p1"])):
+        verdicts = verify_images(records, drawn, RatingJudge(), JudgeCache(None),
+                                 VerifyOptions(min_judge=floor))
+        assert [v.id for v in verdicts if v.kept] == kept
+    p1 = next(v for v in verdicts if v.id == "p1")
+    assert p1.scores == dict(zip(SCORE_KEYS, ratings["B"]))
+    verdicts = verify_images(records, drawn, RatingJudge(), JudgeCache(None),
+                             VerifyOptions(min_judge=1.5))
+    assert next(v for v in verdicts if v.id == "p1").reason == "judge score 1.20 below 1.5"
