@@ -255,3 +255,28 @@ def test_judge_rubric_floor_uses_the_mean_of_the_five_scores(bench, tmp_path):
     verdicts = verify_images(records, drawn, RatingJudge(), JudgeCache(None),
                              VerifyOptions(min_judge=1.5))
     assert next(v for v in verdicts if v.id == "p1").reason == "judge score 1.20 below 1.5"
+
+
+def test_sciscore_floor(bench, tmp_path, models_dir):
+    """--min-sciscore: each image scored against its problem text; the floor set between the
+    scores keeps exactly the images at or above it."""
+    from science_t2i.nodes.sciscore import load_sciscore
+    from tiny_clip import build_tiny_clip
+    records, folder = bench
+    build_tiny_clip(models_dir / "sciscore" / "tiny", image_size=32, seed=3)
+    scorer = load_sciscore("tiny", device="cpu")
+    drawn = draw_records(records, tmp_path / "o", "folder", folder)
+    made = [r for r in records if drawn[r.id].path is not None]
+    from science_t2i.nodes.core import from_pil
+    scores = [float(scorer.score(from_pil(Image.open(drawn[r.id].path).convert("RGB")),
+                                 [r.text])[0]) for r in made]      # one at a time
+    passing = [r.id for r in made if _expected(0.5, -1).count(r.id)]
+    floor = sorted(s for r, s in zip(made, scores) if r.id in passing)[1]
+    expected = [r.id for r, s in zip(made, scores) if r.id in passing and s >= floor]
+    verdicts = verify_images(records, drawn, DiscJudge(), JudgeCache(None),
+                             VerifyOptions(min_quiz=0.5, dedup_distance=-1, min_sciscore=floor),
+                             sciscore=scorer)
+    assert [v.id for v in verdicts if v.kept] == expected and 0 < len(expected) < len(passing)
+    assert all(v.sciscore == pytest.approx(s) for v, s in
+               zip([v for v in verdicts if v.id in passing], [s for r, s in zip(made, scores)
+                                                              if r.id in passing]))

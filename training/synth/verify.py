@@ -122,17 +122,22 @@ def _judged(record: Any, drawn: Drawn, row: dict | None, options: VerifyOptions,
             v.kept = False
             v.reason = ("judge scores unreadable" if mean is None else
                         f"judge score {mean:.2f} below {options.min_judge}")
-    if v.kept and options.min_sciscore is not None and (sciscore is None
-                                                        or sciscore < options.min_sciscore):
-        v.kept, v.reason = False, f"SciScore {sciscore:.2f} below {options.min_sciscore}"
+    if v.kept and options.min_sciscore is not None:
+        if sciscore is None:
+            v.kept, v.reason = False, "no SciScore for the image"
+        elif sciscore < options.min_sciscore:
+            v.kept, v.reason = False, f"SciScore {sciscore:.2f} below {options.min_sciscore}"
     return v
 
 
 def _sciscores(records: Sequence[Any], drawn: dict[str, Drawn], scorer: Any) -> dict[str, float]:
     from PIL import Image
+
+    from ...nodes.core import from_pil
     if not records:
         return {}
-    images = [Image.open(drawn[r.id].path).convert("RGB") for r in records]
+    # one IMAGE tensor per figure: their sizes may differ
+    images = [from_pil(Image.open(drawn[r.id].path).convert("RGB")) for r in records]
     scores = scorer.score(images, [r.text for r in records])
     return {r.id: float(s) for r, s in zip(records, scores)}
 
