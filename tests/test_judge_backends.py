@@ -638,6 +638,8 @@ def test_synth_data_end_to_end_through_both_backends(backend, vlm_server, vlms, 
     if report["kept"]:
         from datasets import load_from_disk
         assert len(load_from_disk(str(out / "dataset"))) == report["rows"]
+    else:
+        assert not (out / "dataset").exists()
     replies = len((out / "judge_cache.jsonl").read_text().splitlines())
     assert replies == 2
     capsys.readouterr()

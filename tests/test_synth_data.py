@@ -131,6 +131,10 @@ def test_export_loads_with_datasets_in_trls_format_with_provenance(bench, tmp_pa
     assert report["by_subject"]["Physics"] == {"records": 3, "generated": 3, "kept": 2}
     assert report["drop_reasons"]["inverse quiz: k of n answered right"] == 2
 
+    # an export with no rows removes the earlier one rather than leave its rows behind
+    assert export_dataset([], out) == {} and not (out / "dataset").exists()
+    assert not (out / "parquet").exists()
+
     # resumed: every reply comes from the cache, nothing is asked again
     again = DiscJudge()
     verify_images(records, drawn, again, JudgeCache(out / "judge_cache.jsonl"), VerifyOptions())

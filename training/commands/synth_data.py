@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                              options, scorer)
     rows = dataset_rows(records, drawn, verdicts, judge.name)
     report = synth_report(records, verdicts, drawn, rows)
-    paths = list(export_dataset(rows, out).values()) if rows else []
+    paths = list(export_dataset(rows, out).values())
     markdown = synth_markdown(report)
     paths += write_report(out, "synth_report", report, markdown, None, setting="--out")[:2]
     print(markdown)

@@ -89,8 +89,14 @@ def _features() -> Any:
 
 
 def export_dataset(rows: list[dict], out: Path) -> dict[str, Path]:
-    """``out/dataset`` (save_to_disk) and ``out/parquet/train-00000-of-00001.parquet``."""
+    """``out/dataset`` (save_to_disk) and ``out/parquet/train-00000-of-00001.parquet``;
+    with no rows, an earlier run's export is removed instead (a re-run never leaves rows
+    behind that its report does not count)."""
     from datasets import Dataset
+    if not rows:
+        for name in ("dataset", "parquet"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        return {}
     ds = Dataset.from_list(rows, features=_features())
     paths = {}
     for name, write in (("dataset", lambda d: ds.save_to_disk(str(d))),
