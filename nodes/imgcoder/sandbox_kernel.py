@@ -75,7 +75,6 @@ _ARCHES = {
                       "sched_setparam": (142, 0, True), "sched_setscheduler": (144, 0, True),
                       "sched_setaffinity": (203, 0, True), "sched_setattr": (314, 0, True),
                       "prlimit64": (302, 0, True), "setpriority": (141, 1, True)},
-        "setpriority": 141,
     },
     "aarch64": {
         "audit": 0xC00000B7, "x32_bit": None,
@@ -104,7 +103,6 @@ _ARCHES = {
                       "sched_setparam": (118, 0, True), "sched_setscheduler": (119, 0, True),
                       "sched_setaffinity": (122, 0, True), "sched_setattr": (274, 0, True),
                       "prlimit64": (261, 0, True), "setpriority": (140, 1, True)},
-        "setpriority": 140,
     },
 }
 

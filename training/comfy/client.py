@@ -216,12 +216,17 @@ class ComfyClient:
         return [state.results[i] for i in range(len(jobs))]
 
 
+def nodes_titled(graph: dict, title: str) -> list[str]:
+    """The ids of the nodes whose ``_meta.title`` is ``title``."""
+    return [nid for nid, node in graph.items() if node.get("_meta", {}).get("title") == title]
+
+
 def find_node(graph: dict, name: str, role: str) -> str:
     """The id of the node ``name`` names: its id, else its title (``_meta.title``), which
     must then be unique. ``role`` says what the node is for, in the error."""
     if name in graph:
         return name
-    titled = [nid for nid, node in graph.items() if node.get("_meta", {}).get("title") == name]
+    titled = nodes_titled(graph, name)
     if len(titled) == 1:
         return titled[0]
     nodes = ", ".join(f"{nid} ({n.get('class_type')}"

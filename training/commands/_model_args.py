@@ -60,22 +60,20 @@ def rubric_judge_template(args: argparse.Namespace, records: Any,
                               "real_scoring are what the judge grades against.")
     from ...nodes.judges.science_rubric import rubric_prompt
     from ..core.readers import read_text
-    from ..eval.rubric_runs import check_rubric_fields, rubric_gap_message
+    from ..eval.rubric_runs import check_rubric_fields, rubric_gap_message, rubric_gaps
     template = read_text(Path(args.judge_prompt), "--judge-prompt") if args.judge_prompt \
         else None
     rubric_prompt("p", "s", "r", template)   # its placeholders, before any work
-    gaps = rubric_gap_message(records)
-    try:
-        check_rubric_fields(records)
-    except ScienceT2IError:
+    lacking, _ = rubric_gaps(records)
+    log = logging.getLogger("science_t2i")
+    if len(lacking) == len(records):          # nothing to judge
         if not sciscore_runs:
-            raise
-        skipped = f"rubric judge not run: {gaps}"
-        logging.getLogger("science_t2i").warning("%s; SciScore still scores the run.", skipped)
+            check_rubric_fields(records)      # refuses, saying what to do
+        skipped = f"rubric judge not run: {rubric_gap_message(records)}"
+        log.warning("%s; SciScore still scores the run.", skipped)
         return template, skipped
-    if gaps:
-        logging.getLogger("science_t2i").warning("%s; their images count as judge failures.",
-                                                 gaps)
+    if lacking:
+        log.warning("%s; their images count as judge failures.", rubric_gap_message(records))
     return template, None
 
 

@@ -71,16 +71,15 @@ def judge_run(run_dir: Path, records: Sequence[Any], backend: Any, *,
 
     def one(item: dict) -> dict:
         index = item.get("index")
+        failed = {"file": str(item["file"]), "kind": item["kind"], "score": None,
+                  "id": f"{item['kind']}/{Path(item['file']).name}", "index": index}
         if index not in by_index:
-            return {"file": str(item["file"]), "kind": item["kind"], "score": None,
-                    "id": f"{item['kind']}/{Path(item['file']).name}", "index": index,
-                    "error": "no record for this image (name it after the record index, or "
-                             "give \"index\" in metadata.jsonl)"}
+            return {**failed, "error": "no record for this image (name it after the record "
+                                       "index, or give \"index\" in metadata.jsonl)"}
         rec = by_index[index]
         if not (rec.scene_scoring and rec.real_scoring):   # counted, never silently skipped
-            return {"file": str(item["file"]), "kind": item["kind"], "score": None,
-                    "id": f"{item['kind']}/{Path(item['file']).name}", "index": index,
-                    "error": f"record {index} has no scene_scoring/real_scoring to judge by"}
+            return {**failed, "error": f"record {index} has no scene_scoring/real_scoring to "
+                                       "judge by"}
         question = rubric_prompt(rec.implicit_prompts[0], rec.scene_scoring, rec.real_scoring,
                                  template)
         key = cache_key("rubric", index, item["kind"], _file_digest(item["file"]),

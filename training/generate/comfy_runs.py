@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from ...nodes import _comfy
 from ...nodes.core import write_bytes_atomic
 from ...nodes.errors import ScienceT2IError
-from ..comfy.client import ComfyClient, ComfyServer, ServerFailed, find_node
+from ..comfy.client import ComfyClient, ComfyServer, ServerFailed, find_node, nodes_titled
 from ..core.seeds import seed_for
 from .flux_runs import KIND_CODES, KIND_FIELDS, planned_images
 
@@ -47,7 +47,7 @@ class WorkflowSlots:
 def _slot(graph: dict, spec: str, role: str, names: Sequence[str], kind: type) -> tuple[str, str]:
     """``NODE`` or ``NODE.input`` (NODE an id or a title) -> (node id, input name)."""
     node_name, dot, input_name = spec.rpartition(".")
-    if not dot or not (node_name in graph or _titled(graph, node_name)):
+    if not dot or not (node_name in graph or nodes_titled(graph, node_name)):
         node_name, input_name = spec, ""     # a title may hold dots
     node = find_node(graph, node_name, role)
     inputs = graph[node].get("inputs", {})
@@ -63,10 +63,6 @@ def _slot(graph: dict, spec: str, role: str, names: Sequence[str], kind: type) -
                           f"inputs: {shown}. Name the input as NODE.INPUT.")
 
 
-def _titled(graph: dict, title: str) -> bool:
-    return any(n.get("_meta", {}).get("title") == title for n in graph.values())
-
-
 def workflow_slots(graph: dict, prompt: str | None = None, seed: str | None = None,
                    size: str | None = None, output: str | None = None) -> WorkflowSlots:
     """Find the named nodes (default: the ``DEFAULT_NODES`` titles) before any work; a named
@@ -74,7 +70,7 @@ def workflow_slots(graph: dict, prompt: str | None = None, seed: str | None = No
     p = _slot(graph, prompt or DEFAULT_NODES["prompt"], "prompt", _PROMPT_INPUTS, str)
     s = _slot(graph, seed or DEFAULT_NODES["seed"], "seed", _SEED_INPUTS, int)
     size_node = None
-    if size or _titled(graph, DEFAULT_NODES["size"]):
+    if size or nodes_titled(graph, DEFAULT_NODES["size"]):
         size_node = find_node(graph, size or DEFAULT_NODES["size"], "size")
         inputs = graph[size_node].get("inputs", {})
         if not all(isinstance(inputs.get(k), int) for k in ("width", "height")):
@@ -82,7 +78,7 @@ def workflow_slots(graph: dict, prompt: str | None = None, seed: str | None = No
                                   "has no width and height values to fill in; name the "
                                   "empty-latent node.")
     out = None
-    if output or _titled(graph, DEFAULT_NODES["output"]):
+    if output or nodes_titled(graph, DEFAULT_NODES["output"]):
         out = find_node(graph, output or DEFAULT_NODES["output"], "output")
     else:
         saving = [nid for nid, n in graph.items() if n.get("class_type") in _OUTPUT_CLASSES]
@@ -143,8 +139,8 @@ def draw_comfy_images(client: ComfyClient, graph: dict, slots: WorkflowSlots,
         if len(refs) != 1:
             raise ServerFailed(
                 f"{server.url}: the output node {slots.output} gave {len(refs)} images for one "
-                "prompt; the benchmark needs one (name the empty-latent node with --size-node "
-                "so its batch_size is set to 1).")
+                "prompt, where one is needed (name the empty-latent node with --size-node so "
+                "its batch_size is set to 1).")
         write_bytes_atomic(target, _as_png(client.fetch_file(server, refs[0])))
         return target
 

@@ -21,7 +21,8 @@ import torch
 
 from ...nodes.core import atomic_path
 from ...nodes.errors import ScienceT2IError
-from ..comfy.client import ComfyClient, ComfyServer, ServerFailed, load_api_workflow
+from ..comfy.client import (ComfyClient, ComfyServer, ServerFailed, load_api_workflow,
+                             nodes_titled)
 
 __all__ = ["ComfyRolloutClient", "ComfyServer", "RolloutRequest", "ServerRollout",
            "fill_workflow", "load_workflow"]
@@ -61,9 +62,9 @@ def load_workflow(path: str | Path) -> dict[str, Any]:
 
 
 def _find(graph: dict, title: str, required: bool = True) -> str | None:
-    for node_id, node in graph.items():
-        if node.get("_meta", {}).get("title") == title:
-            return node_id
+    titled = nodes_titled(graph, title)
+    if titled:
+        return titled[0]
     if required:
         raise ScienceT2IError(f"the rollout workflow has no node titled {title!r}; keep the "
                               "titles of workflows/api/rollout.json when editing it.")

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from ...nodes.errors import ScienceT2IError
 from ..eval.judge_cache import JudgeCache
-from ..eval.scigen.judging import judge_record
+from ..eval.scigen.judging import judge_images
 from .sources import Drawn
 
 
@@ -62,25 +62,12 @@ class Verdict:
 def verify_images(records: Sequence[Any], drawn: dict[str, Drawn], judge: Any, cache: JudgeCache,
                   options: VerifyOptions, sciscore: Any = None) -> list[Verdict]:
     """A verdict per record, in record order (see the module doc)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ...nodes import _comfy
     from ..core.datasets import ImageRef
-    from ..core.progress import EtaLog
     metrics = ["quiz"] + (["judge"] if options.min_judge is not None else [])
     todo = [r for r in records if drawn[r.id].path is not None]
-    rows: dict[str, dict] = {}
-    eta = EtaLog(len(todo), "verify")
-
-    def one(record: Any) -> None:
-        ref = ImageRef(path=drawn[record.id].path, label=str(drawn[record.id].path))
-        rows[record.id] = judge_record(record, ref, judge, cache, metrics=metrics)
-
-    with _comfy.Progress(len(todo), desc="verify") as bar, \
-            ThreadPoolExecutor(max_workers=options.workers) as pool:
-        for _ in pool.map(one, todo):
-            bar.update(1)
-            eta.step()
+    refs = [ImageRef(path=drawn[r.id].path, label=str(drawn[r.id].path)) for r in todo]
+    rows = {row["id"]: row for row in judge_images(todo, refs, judge, cache, metrics=metrics,
+                                                   workers=options.workers, desc="verify")}
     sciscores = _sciscores(todo, drawn, sciscore) if options.min_sciscore is not None else {}
     verdicts, hashes = [], {}
     for r in records:

@@ -104,7 +104,16 @@ def judge_image_set(records: Sequence[SciGenRecord], images: Path | None, backen
     """Rows of ``judge_record`` for every record, in record order, the images from the folder
     ``images`` or (None) the records (``workers`` > 1 asks several records at once, for
     remote judges)."""
-    todo = list(zip(records, image_sources(records, images)))
+    return judge_images(records, image_sources(records, images), backend, cache,
+                        metrics=metrics, grader=grader, workers=workers, desc=desc)
+
+
+def judge_images(records: Sequence[SciGenRecord], refs: Sequence[ImageRef | None],
+                 backend: Any, cache: JudgeCache, *, metrics: Sequence[str],
+                 grader: Any = None, workers: int = 1, desc: str = "scigen") -> list[dict]:
+    """``judge_record`` of each record with its image (``refs``, in record order), with
+    progress and an ETA; ``workers`` records at once."""
+    todo = list(zip(records, refs))
     eta = EtaLog(len(todo), desc)
     rows: list[dict | None] = [None] * len(todo)
     with _comfy.Progress(len(todo), desc=desc) as bar:
